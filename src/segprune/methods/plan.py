@@ -1,0 +1,160 @@
+"""Token plans: which image tokens are live at each decoder layer, as data.
+
+A plan is a list of steps in layer order. Before decoder layer `step.layer` runs:
+
+* `Keep` shrinks the live image tokens to exactly `count` per sample, chosen by `select` from the
+  currently live ones, optionally ranked by an attention row (`score`) taken at `score.layer`;
+* `Reactivate` makes every image token live again; tokens that were not live re-enter with their
+  input embeddings (the projector's output) and their original position ids.
+
+Layer 0 means "before the language model": the first layer sees only the kept tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+SCORE_TOKENS = ("last", "seg")
+
+
+@dataclass(frozen=True)
+class AttentionScore:
+    """Rank image tokens by one attention row of decoder layer `layer`, mean over heads.
+
+    The row is recomputed from the hidden states entering `layer` with that layer's own input norm,
+    q/k projections and RoPE (no eager attention). `token` picks the query: "last" is the last
+    non-padding token, "seg" the `[SEG]` token.
+    """
+
+    layer: int
+    token: str = "last"
+
+    def __post_init__(self) -> None:
+        if self.token not in SCORE_TOKENS:
+            raise ValueError(
+                f"AttentionScore.token={self.token!r} is not valid; choose one of {list(SCORE_TOKENS)}"
+            )
+
+
+class Selector(Protocol):
+    """Choose `count` image tokens per sample from the live ones.
+
+    Args:
+        scores: `(batch, n_live)` importance of each live token, or None for score-free selectors.
+        live: `(batch, n_live)` sorted image-token indices (0..N-1) that are live now.
+        count: how many to keep.
+        context: per-forward inputs a selector may need (pixel values, grid size, generator).
+    Returns:
+        `(batch, count)` sorted image-token indices, a subset of `live`.
+    """
+
+    def __call__(
+        self, scores: torch.Tensor | None, live: torch.Tensor, count: int, context: SelectContext
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class SelectContext:
+    """What a selector may read during one prefill."""
+
+    n_image: int
+    grid: tuple[int, int] | None = None
+    pixel_values: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Before `layer`, keep exactly `count` image tokens per sample."""
+
+    layer: int
+    count: int
+    select: Selector
+    score: AttentionScore | None = None
+
+
+@dataclass(frozen=True)
+class Reactivate:
+    """Before `layer`, make all image tokens live again (CSP's scattering stage)."""
+
+    layer: int
+
+
+Step = Keep | Reactivate
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """The validated schedule of live image tokens for one model and image-token count."""
+
+    n_image: int
+    n_layers: int
+    steps: tuple[Step, ...]
+
+    def __post_init__(self) -> None:
+        if self.n_image < 1:
+            raise ValueError(f"n_image={self.n_image} must be >= 1")
+        if self.n_layers < 1:
+            raise ValueError(f"n_layers={self.n_layers} must be >= 1")
+        live = self.n_image
+        prev_layer = -1
+        for i, step in enumerate(self.steps):
+            if not 0 <= step.layer < self.n_layers:
+                raise ValueError(
+                    f"step {i} acts before layer {step.layer}; valid: 0 <= layer <= {self.n_layers - 1}"
+                )
+            if step.layer <= prev_layer:
+                raise ValueError(f"step {i} at layer {step.layer} must come after layer {prev_layer}")
+            if isinstance(step, Keep):
+                if not 1 <= step.count <= live:
+                    raise ValueError(
+                        f"step {i} keeps {step.count} tokens at layer {step.layer}; "
+                        f"valid: 1 <= count <= {live}"
+                    )
+                if step.score is not None and not max(prev_layer, 0) <= step.score.layer <= step.layer:
+                    raise ValueError(
+                        f"step {i} scores at layer {step.score.layer}; valid: "
+                        f"{max(prev_layer, 0)} <= score layer <= {step.layer} "
+                        "(the live set must not change between)"
+                    )
+                live = step.count
+            else:
+                live = self.n_image
+            prev_layer = step.layer
+
+    def live_counts(self) -> list[int]:
+        """Return the number of live image tokens in each decoder layer."""
+        counts = []
+        live = self.n_image
+        steps = {s.layer: s for s in self.steps}
+        for layer in range(self.n_layers):
+            step = steps.get(layer)
+            if isinstance(step, Keep):
+                live = step.count
+            elif isinstance(step, Reactivate):
+                live = self.n_image
+            counts.append(live)
+        return counts
+
+    def events(self) -> list[tuple[int, str, int]]:
+        """Return `(layer, kind, step index)` in execution order; kind is "score" or "apply".
+
+        At one layer a step's score is taken after every earlier step has been applied and before
+        the step itself is applied, so the score sees exactly the live set the step chooses from.
+        """
+        out = []
+        for i, step in enumerate(self.steps):
+            if isinstance(step, Keep) and step.score is not None:
+                out.append((step.score.layer, i, 0, "score"))
+            out.append((step.layer, i, 1, "apply"))
+        out.sort()
+        return [(layer, kind, i) for layer, i, _, kind in out]
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether any step ranks tokens by attention."""
+        return any(isinstance(s, Keep) and s.score is not None for s in self.steps)

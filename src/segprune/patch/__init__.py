@@ -1,0 +1,61 @@
+"""Apply and undo token plans on models: `prune_`, `unprune`, `stats`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from segprune.methods.base import MethodConfig
+from segprune.patch.llava import LlavaAdapter, find_llava
+from segprune.patch.state import PruneStats
+
+_ATTR = "_segprune_adapter"
+
+
+def _adapter(model: nn.Module) -> LlavaAdapter | None:
+    llava = find_llava(model)
+    return getattr(llava, _ATTR, None) if llava is not None else None
+
+
+def prune_(model: nn.Module, config: MethodConfig, *, seg_token_id: int | None = None) -> nn.Module:
+    """Patch `model` in place so its forward passes run `config`'s token plan; return `model`.
+
+    `model` is a `transformers` LLaVA model (`LlavaForConditionalGeneration`, `LlavaModel`) or any
+    module that holds one. Pruning an already pruned model replaces its config. `seg_token_id` is
+    the `[SEG]` token for methods that score by it.
+    """
+    if not isinstance(config, MethodConfig):
+        raise TypeError(
+            f"config must be a segprune method config (e.g. FastVConfig()), got {type(config).__name__}"
+        )
+    llava = find_llava(model)
+    if llava is None:
+        raise TypeError(
+            f"{type(model).__name__} holds no transformers LlavaModel; supported: "
+            "LlavaForConditionalGeneration, LlavaModel, or a module containing one"
+        )
+    unprune(model)
+    setattr(llava, _ATTR, LlavaAdapter(llava, config, seg_token_id=seg_token_id))
+    return model
+
+
+def unprune(model: nn.Module) -> nn.Module:
+    """Undo `prune_`: restore `model`'s original forward exactly; a no-op on an unpruned model."""
+    adapter = _adapter(model)
+    if adapter is not None:
+        adapter.remove()
+        delattr(adapter.llava, _ATTR)
+    return model
+
+
+def stats(model: nn.Module) -> PruneStats:
+    """Return what the last prefill of a pruned `model` kept and what it cost."""
+    adapter = _adapter(model)
+    if adapter is None:
+        raise RuntimeError("model is not pruned; call segprune.prune_(model, config) first")
+    return adapter.stats()
+
+
+def pruning_config(model: nn.Module) -> MethodConfig | None:
+    """Return the config `model` is pruned with, or None."""
+    adapter = _adapter(model)
+    return adapter.config if adapter is not None else None

@@ -1,0 +1,412 @@
+"""Run a token plan inside `transformers` LLaVA models (LlavaModel and LlavaForConditionalGeneration).
+
+The language model's forward is replaced by a loop over its own decoder layers that keeps, for each
+layer, only the tokens the plan says are live. Every layer still runs on the model's attention
+implementation (SDPA, flash or eager); scores come from recomputing single attention rows.
+
+Sequence bookkeeping uses *sequence indices*: the position of a token in the unpruned input. Kept
+tokens keep their original position ids, each layer's KV cache holds its live tokens only, and the
+language model's output has the unpruned length: rows of pruned image tokens hold the hidden state
+they had when they were dropped, so `[SEG]` offsets, logits and labels line up as without pruning.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from segprune import flops
+from segprune.methods.base import MethodConfig
+from segprune.methods.plan import Keep, SelectContext, TokenPlan
+from segprune.methods.scores import attention_row
+from segprune.patch.state import ForwardState, PruneStats
+
+SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+
+
+def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Gather rows along dim 1: `x` `(batch or 1, L, ...)`, `index` `(batch, n)` -> `(batch, n, ...)`."""
+    while index.dim() < x.dim():
+        index = index.unsqueeze(-1)
+    return torch.take_along_dim(x, index, dim=1)
+
+
+class LlavaAdapter:
+    """Holds a config, the patched language model and the state of the last forward.
+
+    Use `segprune.prune_` / `segprune.unprune` rather than this class directly.
+    """
+
+    def __init__(self, llava: nn.Module, config: MethodConfig, seg_token_id: int | None = None) -> None:
+        self.llava = llava
+        self.lm = llava.language_model
+        self.config = config
+        self.seg_token_id = seg_token_id
+        self.text_config = self.lm.config
+        attn = self.text_config._attn_implementation
+        if attn not in SUPPORTED_ATTENTION:
+            raise ValueError(
+                f"attention implementation {attn!r} is not supported; use one of {list(SUPPORTED_ATTENTION)}"
+            )
+        vision = llava.config.vision_config
+        side = vision.image_size // vision.patch_size
+        self.grid = (side, side)
+        self.n_layers = self.text_config.num_hidden_layers
+        expected = getattr(llava.config, "image_seq_length", None)
+        if expected:
+            config.plan(expected, self.n_layers)  # fail at prune_ time on a plan that cannot fit
+        self.state: ForwardState | None = None
+        self._pending: dict[str, Any] | None = None
+        self._hook = llava.register_forward_pre_hook(self._capture_inputs, with_kwargs=True)
+        adapter = self
+
+        def forward(lm_self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            return adapter.language_model_forward(*args, **kwargs)
+
+        self.lm.forward = types.MethodType(forward, self.lm)
+
+    def remove(self) -> None:
+        """Restore the unpatched model."""
+        self._hook.remove()
+        del self.lm.forward
+        self.state = None
+
+    # -- capture --------------------------------------------------------------------------------
+
+    def _capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        image_id = self.llava.config.image_token_id
+        if input_ids is not None:
+            image_mask = input_ids == image_id
+        elif embeds is not None:
+            image_embed = self.llava.get_input_embeddings().weight[image_id]
+            image_mask = (embeds == image_embed).all(-1)
+        else:
+            image_mask = None
+        self._pending = {
+            "image_mask": image_mask,
+            "input_ids": input_ids,
+            "pixel_values": kwargs.get("pixel_values", args[1] if len(args) > 1 else None),
+        }
+
+    # -- the patched forward --------------------------------------------------------------------
+
+    def language_model_forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        cache_position: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        from transformers.cache_utils import DynamicCache
+        from transformers.modeling_outputs import BaseModelOutputWithPast
+
+        if output_attentions:
+            raise ValueError(
+                "segprune never materialises attention maps (that would need eager attention); "
+                "call segprune.stats(model).scores for the attention rows the method ranked by"
+            )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.lm.embed_tokens(input_ids)
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(
+                f"segprune needs the 2D padding mask, got a {attention_mask.dim()}D attention_mask; "
+                "static (compileable) caches with prebuilt 4D masks are not supported"
+            )
+        use_cache = self.text_config.use_cache if use_cache is None else use_cache
+        if output_hidden_states is None:
+            output_hidden_states = self.text_config.output_hidden_states
+        pending, self._pending = self._pending, None
+
+        continuing = past_key_values is not None and past_key_values.get_seq_length() > 0
+        if continuing:
+            if self.state is None or self.state.cache is not past_key_values:
+                raise ValueError(
+                    "past_key_values holds tokens this pruned model did not put there; start generation "
+                    "from a prefill through the pruned model (an empty cache)"
+                )
+        else:
+            if use_cache and past_key_values is None:
+                past_key_values = DynamicCache(config=self.text_config)
+            self.state = None
+
+        valid = attention_mask.bool() if attention_mask is not None else None
+        if continuing:
+            hidden, all_hidden = self._decode(
+                inputs_embeds, valid, position_ids, past_key_values, kwargs, output_hidden_states
+            )
+        else:
+            hidden, all_hidden = self._prefill(
+                inputs_embeds,
+                valid,
+                position_ids,
+                past_key_values,
+                pending,
+                kwargs,
+                output_hidden_states,
+                use_cache,
+            )
+        hidden = self.lm.norm(hidden)
+        if all_hidden is not None:
+            all_hidden[-1] = hidden
+            all_hidden = tuple(all_hidden)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden,
+        )
+
+    def _rope(self, like: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.lm.rotary_emb(like, position_ids=position_ids)
+        batch = like.shape[0]
+        return cos.expand(batch, *cos.shape[1:]), sin.expand(batch, *sin.shape[1:])
+
+    def _prefill(self, embeds, valid, position_ids, cache, pending, kwargs, output_hidden_states, use_cache):
+        batch, length, width = embeds.shape
+        device = embeds.device
+        image_mask = pending["image_mask"] if pending else None
+        if image_mask is not None and image_mask.shape != (batch, length):
+            image_mask = None
+        n_image = 0
+        if image_mask is not None:
+            counts = image_mask.sum(dim=1)
+            n_image = int(counts[0])
+            if bool((counts != n_image).any()):
+                raise ValueError(
+                    "every sample must hold the same number of image tokens for exact budgets; "
+                    f"got {counts.tolist()}"
+                )
+        seq = torch.arange(length, device=device).expand(batch, length).contiguous()
+        if position_ids is None:
+            position_ids = seq
+        cos, sin = self._rope(embeds, position_ids)
+        padded = valid is not None and not bool(valid.all())
+        if not padded:
+            valid = None
+        plan = self.config.plan(n_image, self.n_layers) if n_image else None
+        state = ForwardState(plan=plan, cache=cache if use_cache else None, seq_len=length, padded=padded)
+        self.state = state
+        non_pad = valid.sum(dim=1) if valid is not None else torch.full((batch,), length, device=device)
+        state.text_tokens = non_pad - n_image
+
+        if n_image:
+            # Stable sorts keep sequence order: image positions first, text positions after.
+            order = torch.sort((~image_mask).to(torch.int8), dim=1, stable=True).indices
+            image_seq, text_seq = order[:, :n_image], order[:, n_image:]
+        live_img = torch.arange(n_image, device=device).expand(batch, n_image).contiguous()
+        live_seq = seq
+        hidden = embeds
+        # Pruned rows keep their last hidden state here, and re-activated rows come back from here.
+        full = embeds.clone() if plan and plan.steps else None
+        events: dict[int, list[tuple[str, int]]] = {}
+        for layer_idx, kind, i in plan.events() if plan else []:
+            events.setdefault(layer_idx, []).append((kind, i))
+        pending_scores: dict[int, torch.Tensor] = {}
+        context = SelectContext(
+            n_image=n_image,
+            grid=self.grid,
+            pixel_values=pending.get("pixel_values") if pending else None,
+        )
+        all_hidden = [] if output_hidden_states else None
+        for layer_idx, layer in enumerate(self.lm.layers[: self.n_layers]):
+            for kind, i in events.get(layer_idx, []):
+                step = plan.steps[i]
+                if kind == "score":
+                    query_seq = self._query_seq(step.score.token, valid, pending, seq)
+                    pending_scores[i] = self._score(
+                        layer, hidden, live_seq, image_seq.gather(1, live_img), query_seq, valid, cos, sin
+                    )
+                    continue
+                scores = pending_scores.pop(i, None)
+                while len(state.scores) < i:
+                    state.scores.append(None)
+                state.scores.append(scores)
+                if isinstance(step, Keep):
+                    new_img = step.select(scores, live_img, step.count, context)
+                else:
+                    new_img = torch.arange(n_image, device=device).expand(batch, n_image)
+                full.scatter_(1, live_seq[..., None].expand(-1, -1, width), hidden)
+                live_img = new_img
+                live_seq = torch.cat([text_seq, image_seq.gather(1, live_img)], dim=1).sort(dim=1).values
+                hidden = take(full, live_seq)
+            if all_hidden is not None:
+                all_hidden.append(self._full_view(full, hidden, live_seq))
+            mask = self._mask(live_seq, live_seq, valid)
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=take(position_ids.expand(batch, -1), live_seq),
+                past_key_values=cache,
+                use_cache=use_cache,
+                position_embeddings=(take(cos, live_seq), take(sin, live_seq)),
+                **kwargs,
+            )
+            state.key_seq.append(live_seq)
+            state.kept.append(live_img)
+        if full is not None:
+            full.scatter_(1, live_seq[..., None].expand(-1, -1, width), hidden)
+            hidden = full
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+        return hidden, all_hidden
+
+    def _full_view(self, full, hidden, live_seq):
+        if full is None:
+            return hidden
+        return full.scatter(1, live_seq[..., None].expand(-1, -1, hidden.shape[-1]), hidden)
+
+    def _decode(self, embeds, valid, position_ids, cache, kwargs, output_hidden_states):
+        state = self.state
+        batch, q_len, _ = embeds.shape
+        new_seq = state.seq_len + torch.arange(q_len, device=embeds.device).expand(batch, q_len)
+        if position_ids is None:
+            position_ids = new_seq
+        if valid is not None and valid.shape[1] != state.seq_len + q_len:
+            raise ValueError(
+                f"attention_mask covers {valid.shape[1]} tokens; expected {state.seq_len + q_len} "
+                f"({state.seq_len} seen + {q_len} new)"
+            )
+        if not state.padded:
+            valid = None
+        cos, sin = self._rope(embeds, position_ids)
+        hidden = embeds
+        all_hidden = [] if output_hidden_states else None
+        for layer_idx, layer in enumerate(self.lm.layers[: self.n_layers]):
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+            keys = torch.cat([state.key_seq[layer_idx], new_seq], dim=1)
+            hidden = layer(
+                hidden,
+                attention_mask=self._mask(new_seq, keys, valid),
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                position_embeddings=(cos, sin),
+                **kwargs,
+            )
+            state.key_seq[layer_idx] = keys
+        state.seq_len += q_len
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+        return hidden, all_hidden
+
+    # -- masks and scores -----------------------------------------------------------------------
+
+    def _mask(self, query_seq: torch.Tensor, key_seq: torch.Tensor, valid: torch.Tensor | None):
+        """Build the attention mask for live queries and keys, in the form the attention backend takes.
+
+        Live sets are sorted subsets of the sequence, so causality in live order equals causality
+        in sequence order: without padding SDPA and flash need no mask at all.
+        """
+        impl = self.text_config._attn_implementation
+        if impl.startswith("flash_attention"):
+            return None if valid is None else valid.gather(1, key_seq).long()
+        if impl == "sdpa" and valid is None:
+            return None
+        allowed = key_seq[:, None, :] <= query_seq[:, :, None]
+        if valid is not None:
+            allowed = allowed & valid.gather(1, key_seq)[:, None, :]
+            # Left-padding queries see no key at all; let them see themselves so SDPA returns
+            # numbers rather than NaN. Valid queries always see themselves already.
+            allowed = allowed | (key_seq[:, None, :] == query_seq[:, :, None])
+        allowed = allowed[:, None]
+        if impl == "sdpa":
+            return allowed
+        dtype = self.lm.embed_tokens.weight.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+
+    def _query_seq(self, token: str, valid: torch.Tensor | None, pending, seq: torch.Tensor) -> torch.Tensor:
+        """Return the `(batch,)` sequence index of each sample's scoring token."""
+        if token == "last":
+            if valid is None:
+                return seq[:, -1]
+            # The last non-padding token, whichever side the padding is on.
+            return seq.shape[1] - 1 - valid.flip(1).int().argmax(dim=1)
+        input_ids = pending.get("input_ids") if pending else None
+        if self.seg_token_id is None or input_ids is None:
+            raise ValueError(
+                "score token 'seg' needs the [SEG] token id (prune_(..., seg_token_id=...)) and input_ids; "
+                "use score_token='last' for plain generation"
+            )
+        is_seg = input_ids == self.seg_token_id
+        if not bool(is_seg.any(dim=1).all()):
+            raise ValueError(
+                f"score token 'seg': some samples hold no [SEG] token (id {self.seg_token_id}) "
+                "in the prefill; "
+                "use score_token='last' when the input has no [SEG]"
+            )
+        # The first [SEG] of each sample.
+        return is_seg.int().argmax(dim=1)
+
+    def _score(self, layer, hidden, live_seq, image_seq, query_seq, valid, cos, sin) -> torch.Tensor:
+        """Return `(batch, n_live_image)` attention of the query token to each live image token in `layer`."""
+        attn = layer.self_attn
+        head_dim = attn.head_dim
+        batch, n, _ = hidden.shape
+        x = layer.input_layernorm(hidden)
+        row = torch.searchsorted(live_seq, query_seq[:, None].contiguous())
+        q = attn.q_proj(take(x, row)).view(batch, 1, -1, head_dim).transpose(1, 2)
+        k = attn.k_proj(x).view(batch, n, -1, head_dim).transpose(1, 2)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        live_cos, live_sin = take(cos, live_seq), take(sin, live_seq)
+        q, _ = rope(q, q, take(live_cos, row), take(live_sin, row))
+        k, _ = rope(k, k, live_cos, live_sin)
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        key_valid = live_seq <= query_seq[:, None]
+        if valid is not None:
+            key_valid = key_valid & valid.gather(1, live_seq)
+        probs = attention_row(q[:, :, 0], k, key_valid, attn.scaling)
+        return probs.gather(1, torch.searchsorted(live_seq, image_seq))
+
+    # -- stats ----------------------------------------------------------------------------------
+
+    def stats(self) -> PruneStats:
+        """Return the stats of the last prefill."""
+        state = self.state
+        if state is None:
+            raise RuntimeError("no forward has run since prune_(); run the model first")
+        n_image = state.plan.n_image if state.plan else 0
+        live = torch.tensor([[k.shape[1]] * k.shape[0] for k in state.kept])
+        dims = flops.ModelDims.from_config(self.text_config, image_tokens=max(n_image, 1))
+        return PruneStats(
+            image_tokens=n_image,
+            live_tokens=live,
+            kept_indices=list(state.kept),
+            text_tokens=state.text_tokens,
+            scores=list(state.scores),
+            dims=dims,
+        )
+
+
+def find_llava(model: nn.Module) -> nn.Module | None:
+    """Return the LlavaModel inside `model` (itself, `.model`, or the first submodule that is one)."""
+    from transformers import LlavaModel
+
+    for module in model.modules():
+        if isinstance(module, LlavaModel):
+            return module
+    return None
+
+
+def plan_for(model: nn.Module, config: MethodConfig, n_image: int) -> TokenPlan:
+    """Return the plan `config` would run on `model` for `n_image` image tokens."""
+    llava = find_llava(model)
+    return config.plan(n_image, llava.language_model.config.num_hidden_layers)
