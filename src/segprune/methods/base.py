@@ -57,6 +57,10 @@ class MethodConfig:
         """Return the token plan for `n_image` image tokens in a decoder of `n_layers` layers."""
         raise NotImplementedError
 
+    def vision_layers(self) -> tuple[int, ...]:
+        """Vision-encoder layers whose CLS attention or keys the plan reads (negative: from the end)."""
+        return ()
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict with the method name under "method"."""
         out: dict[str, Any] = {"method": self.name}

@@ -56,25 +56,72 @@ class Selector(Protocol):
     ) -> torch.Tensor: ...
 
 
+class VisionFeatures(Protocol):
+    """Read-only access to the vision tower's layers during one prefill (CLS-based methods).
+
+    Layer indices count the vision encoder's layers; negative ones count from the end. Only the
+    layers a config lists in `vision_layers()` are available.
+    """
+
+    def cls_attention(self, layer: int) -> torch.Tensor:
+        """`(batch, N)` attention of the CLS token to each patch token in `layer`, mean over heads."""
+        ...
+
+    def keys(self, layer: int) -> torch.Tensor:
+        """`(batch, heads, N, head_dim)` keys of the patch tokens in `layer`."""
+        ...
+
+
 @dataclass
 class SelectContext:
-    """What a selector may read during one prefill."""
+    """What a selector may read during one prefill.
+
+    Attributes:
+        n_image: N, image tokens per sample.
+        grid: `(rows, cols)` of the patch grid (rows * cols == N for square LLaVA images).
+        pixel_values: the `(batch, 3, H, W)` pixels the vision tower saw (processor-normalised).
+        generator: seeded from the config's `seed` at every prefill, for random selectors.
+        vision: the vision tower's CLS attention and keys, when the config asked for layers.
+        instance_masks: `(batch, N)` long instance id per image token (-1: none), when the caller
+            passed masks to `segprune.set_instance_masks`; None otherwise.
+    """
 
     n_image: int
     grid: tuple[int, int] | None = None
     pixel_values: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    vision: VisionFeatures | None = None
+    instance_masks: torch.Tensor | None = None
     extra: dict[str, Any] | None = None
+
+
+class Merger(Protocol):
+    """Compute the hidden states of the kept tokens from all live ones (token merging).
+
+    Args:
+        hidden: `(batch, n_live, D)` hidden states of the live image tokens.
+        live: `(batch, n_live)` their image-token indices.
+        kept: `(batch, count)` the indices the selector kept (a subset of `live`).
+        context: as for selectors.
+    Returns:
+        `(batch, count, D)` hidden states that replace the kept tokens' own. Each merged token
+        keeps its kept token's position id.
+    """
+
+    def __call__(
+        self, hidden: torch.Tensor, live: torch.Tensor, kept: torch.Tensor, context: SelectContext
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class Keep:
-    """Before `layer`, keep exactly `count` image tokens per sample."""
+    """Before `layer`, keep exactly `count` image tokens per sample; optionally merge the rest in."""
 
     layer: int
     count: int
     select: Selector
     score: AttentionScore | None = None
+    merge: Merger | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 from segprune.methods.base import MethodConfig
@@ -16,12 +19,23 @@ def _adapter(model: nn.Module) -> LlavaAdapter | None:
     return getattr(llava, _ATTR, None) if llava is not None else None
 
 
-def prune_(model: nn.Module, config: MethodConfig, *, seg_token_id: int | None = None) -> nn.Module:
+def prune_(
+    model: nn.Module,
+    config: MethodConfig,
+    *,
+    seg_token_id: int | None = None,
+    instance_masks: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None,
+) -> nn.Module:
     """Patch `model` in place so its forward passes run `config`'s token plan; return `model`.
 
-    `model` is a `transformers` LLaVA model (`LlavaForConditionalGeneration`, `LlavaModel`) or any
-    module that holds one. Pruning an already pruned model replaces its config. `seg_token_id` is
-    the `[SEG]` token for methods that score by it.
+    Args:
+        model: a `transformers` LLaVA model (`LlavaForConditionalGeneration`, `LlavaModel`) or any
+            module that holds one. Pruning an already pruned model replaces its config.
+        config: a method config, e.g. `FastVConfig(layer=2, keep_ratio=0.25)`.
+        seg_token_id: the `[SEG]` token id, for methods that score by `[SEG]` attention.
+        instance_masks: a detector for instance-aware methods (CSP Seg-First): called at each
+            prefill with `(pixel_values, grid)`, it returns a `(batch, N)` long tensor holding
+            each image token's instance id (-1 for none); see `masks_to_token_ids`.
     """
     if not isinstance(config, MethodConfig):
         raise TypeError(
@@ -34,7 +48,9 @@ def prune_(model: nn.Module, config: MethodConfig, *, seg_token_id: int | None =
             "LlavaForConditionalGeneration, LlavaModel, or a module containing one"
         )
     unprune(model)
-    setattr(llava, _ATTR, LlavaAdapter(llava, config, seg_token_id=seg_token_id))
+    setattr(
+        llava, _ATTR, LlavaAdapter(llava, config, seg_token_id=seg_token_id, instance_masks=instance_masks)
+    )
     return model
 
 

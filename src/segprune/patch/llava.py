@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from segprune.methods.base import MethodConfig
 from segprune.methods.plan import Keep, SelectContext, TokenPlan
 from segprune.methods.scores import attention_row
 from segprune.patch.state import ForwardState, PruneStats
+from segprune.patch.vision import VisionCapture
 
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
@@ -41,11 +43,18 @@ class LlavaAdapter:
     Use `segprune.prune_` / `segprune.unprune` rather than this class directly.
     """
 
-    def __init__(self, llava: nn.Module, config: MethodConfig, seg_token_id: int | None = None) -> None:
+    def __init__(
+        self,
+        llava: nn.Module,
+        config: MethodConfig,
+        seg_token_id: int | None = None,
+        instance_masks: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None,
+    ) -> None:
         self.llava = llava
         self.lm = llava.language_model
         self.config = config
         self.seg_token_id = seg_token_id
+        self.instance_masks = instance_masks
         self.text_config = self.lm.config
         attn = self.text_config._attn_implementation
         if attn not in SUPPORTED_ATTENTION:
@@ -61,6 +70,12 @@ class LlavaAdapter:
             config.plan(expected, self.n_layers)  # fail at prune_ time on a plan that cannot fit
         self.state: ForwardState | None = None
         self._pending: dict[str, Any] | None = None
+        vision_layers = config.vision_layers()
+        self.vision = (
+            VisionCapture(llava.vision_tower, vision_layers, llava.config.vision_feature_select_strategy)
+            if vision_layers
+            else None
+        )
         self._hook = llava.register_forward_pre_hook(self._capture_inputs, with_kwargs=True)
         adapter = self
 
@@ -72,6 +87,8 @@ class LlavaAdapter:
     def remove(self) -> None:
         """Restore the unpatched model."""
         self._hook.remove()
+        if self.vision is not None:
+            self.vision.remove()
         del self.lm.forward
         self.state = None
 
@@ -216,11 +233,7 @@ class LlavaAdapter:
         for layer_idx, kind, i in plan.events() if plan else []:
             events.setdefault(layer_idx, []).append((kind, i))
         pending_scores: dict[int, torch.Tensor] = {}
-        context = SelectContext(
-            n_image=n_image,
-            grid=self.grid,
-            pixel_values=pending.get("pixel_values") if pending else None,
-        )
+        context = self._context(n_image, pending, device) if plan else None
         all_hidden = [] if output_hidden_states else None
         for layer_idx, layer in enumerate(self.lm.layers[: self.n_layers]):
             for kind, i in events.get(layer_idx, []):
@@ -235,11 +248,18 @@ class LlavaAdapter:
                 while len(state.scores) < i:
                     state.scores.append(None)
                 state.scores.append(scores)
+                merged = None
                 if isinstance(step, Keep):
                     new_img = step.select(scores, live_img, step.count, context)
+                    if step.merge is not None:
+                        image_rows = torch.searchsorted(live_seq, image_seq.gather(1, live_img))
+                        merged = step.merge(take(hidden, image_rows), live_img, new_img, context)
                 else:
                     new_img = torch.arange(n_image, device=device).expand(batch, n_image)
                 full.scatter_(1, live_seq[..., None].expand(-1, -1, width), hidden)
+                if merged is not None:
+                    kept_seq = image_seq.gather(1, new_img)
+                    full.scatter_(1, kept_seq[..., None].expand(-1, -1, width), merged.to(full.dtype))
                 live_img = new_img
                 live_seq = torch.cat([text_seq, image_seq.gather(1, live_img)], dim=1).sort(dim=1).values
                 hidden = take(full, live_seq)
@@ -260,9 +280,35 @@ class LlavaAdapter:
         if full is not None:
             full.scatter_(1, live_seq[..., None].expand(-1, -1, width), hidden)
             hidden = full
+        if self.vision is not None:
+            self.vision.inputs.clear()  # free the captured activations
         if all_hidden is not None:
             all_hidden.append(hidden)
         return hidden, all_hidden
+
+    def _context(self, n_image: int, pending: dict[str, Any], device: torch.device) -> SelectContext:
+        """Collect what selectors may read for this prefill."""
+        pixel_values = pending.get("pixel_values")
+        instance_masks = None
+        if self.instance_masks is not None:
+            if pixel_values is None:
+                raise ValueError("instance_masks needs pixel_values in the forward call")
+            instance_masks = self.instance_masks(pixel_values, self.grid).to(device)
+            if instance_masks.shape != (pixel_values.shape[0], n_image):
+                raise ValueError(
+                    f"instance_masks returned shape {tuple(instance_masks.shape)}; "
+                    f"expected (batch, N) = {(pixel_values.shape[0], n_image)}"
+                )
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(getattr(self.config, "seed", 0)))
+        return SelectContext(
+            n_image=n_image,
+            grid=self.grid,
+            pixel_values=pixel_values,
+            generator=generator,
+            vision=self.vision,
+            instance_masks=instance_masks,
+        )
 
     def _full_view(self, full, hidden, live_seq):
         if full is None:
