@@ -31,6 +31,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[MethodConfig]) -
     group = parser.add_argument_group(f"{cls.name} options ({cls.__name__})")
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
+        optional = type(None) in typing.get_args(hint)
+        if optional:  # `int | None`: the flag takes an int; None (the default) has a meaning of its own
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         default = f.default
         kind: Any
         if hint is bool:
@@ -43,6 +46,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[MethodConfig]) -
         else:  # a field the command line cannot express
             continue
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        if optional and default is None:
+            shown = "None (see the config's docstring)"
         group.add_argument(_flag(f.name), type=kind, default=default, help=f"default: {shown}")
 
 
@@ -82,6 +87,19 @@ def cmd_flops(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
     return 0
 
 
+def cmd_convert_lisa(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
+    import torch  # imported here so that the other commands start without torch and transformers
+
+    from segprune.models.convert_lisa import convert_lisa
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    convert_lisa(
+        args.src, args.dst, tokenizer=args.tokenizer, dtype=dtype, config_overrides=args.config_overrides
+    )
+    print(f"wrote {args.dst}")
+    return 0
+
+
 def build_parser(method: type[MethodConfig] | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segprune", description="Training-free visual-token pruning for segmentation VLMs."
@@ -105,6 +123,19 @@ def build_parser(method: type[MethodConfig] | None) -> argparse.ArgumentParser:
     if method is not None:
         add_config_flags(p, method)
     p.set_defaults(run=cmd_flops)
+    p = sub.add_parser(
+        "convert-lisa",
+        help="convert an official LISA checkpoint into a segprune SegModel directory",
+        description="Map a LISA checkpoint (LLaVA + CLIP + SAM ViT-H + [SEG] projector, LISA-7B-v1 layout) "
+        "to transformers LLaVA / SAM names and save it with save_pretrained; load it with "
+        "segprune.models.SegModel.from_pretrained(DST). See docs/segmodel.md.",
+    )
+    p.add_argument("src", help="LISA checkpoint directory (shards, config.json, tokenizer) or a weights file")
+    p.add_argument("dst", help="output directory")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: SRC)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the weights")
+    p.add_argument("--config-overrides", type=json.loads, help='JSON, e.g. {"vision_config": {...}}')
+    p.set_defaults(run=cmd_convert_lisa)
     return parser
 
 

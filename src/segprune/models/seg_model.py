@@ -1,0 +1,355 @@
+"""A LISA-style segmentation model on stock transformers parts: LLaVA, SAM and a `[SEG]` projector.
+
+The multimodal LLM (`LlavaForConditionalGeneration`) reads the image and the text; the last-layer
+hidden state (after the final norm) that predicts each `[SEG]` goes through a small MLP (LISA's
+`text_hidden_fcs`) and becomes the single sparse prompt of SAM's mask decoder, with no points or
+boxes and one mask per prompt. Two protocols:
+
+- `segment` (LISA referring segmentation): one teacher-forced forward whose answer already holds
+  `[SEG]`; one mask per query.
+- `ground` (GLaMM grounded conversation): greedy generation with the KV cache; the hidden state of
+  each decode step is kept, so the one that produced a `[SEG]` needs no second forward.
+
+`segprune.prune_(model, config)` prunes the LLM's image tokens only; the LLM's output keeps the
+unpruned length, so `[SEG]` positions need no remapping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PretrainedConfig,
+    PreTrainedModel,
+    SamConfig,
+    SamModel,
+)
+
+from segprune.models import seg_inputs
+from segprune.models.gcg import GroundedAnswer, parse_grounded
+
+LLAVA_PROMPT = "USER: <image>\n{query} ASSISTANT:"
+GCG_QUERY = (
+    "Could you please give me a detailed description of the image? Please respond with interleaved "
+    "segmentation masks for the corresponding parts of the answer."
+)
+
+
+class SegModelConfig(PretrainedConfig):
+    """Configuration of `SegModel`: the LLaVA and SAM configs, the `[SEG]` id and the prompt format.
+
+    Fields:
+        llava_config: a `LlavaConfig` (or its dict).
+        sam_config: a `SamConfig` (or its dict); its prompt width is the projector's output width.
+        seg_token_id: id of `[SEG]` in the tokenizer.
+        prompt_template: the user turn; `{query}` is replaced by the query, `<image>` marks the image.
+        seg_answer: the teacher-forced answer of `segment`; must hold `[SEG]`.
+        gcg_query: the default query of `ground` (GLaMM's GCG instruction).
+        phrase_open, phrase_close: the tokens around a grounded phrase.
+        clip_crop: True: resize the shortest side and centre-crop for the LLaVA tower (CLIP's and
+            LISA's preprocessing); False: resize the whole image to the square.
+    """
+
+    model_type = "segprune_seg"
+    # transformers 5.17 reads `sub_configs`; later versions read `sub_configs_defaults`.
+    sub_configs: ClassVar[dict[str, type]] = {"llava_config": LlavaConfig, "sam_config": SamConfig}
+    sub_configs_defaults: ClassVar[dict[str, type]] = {"llava_config": LlavaConfig, "sam_config": SamConfig}
+
+    llava_config: dict | PretrainedConfig | None = None
+    sam_config: dict | PretrainedConfig | None = None
+    seg_token_id: int | None = None
+    prompt_template: str = LLAVA_PROMPT
+    seg_answer: str = "Sure, it is [SEG]."
+    gcg_query: str = GCG_QUERY
+    phrase_open: str = "<p>"
+    phrase_close: str = "</p>"
+    clip_crop: bool = True
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if not isinstance(self.llava_config, PretrainedConfig):
+            self.llava_config = LlavaConfig(**(self.llava_config or {}))
+        if not isinstance(self.sam_config, PretrainedConfig):
+            self.sam_config = SamConfig(**(self.sam_config or {}))
+        super().__post_init__(**kwargs)
+
+
+class SegModel(PreTrainedModel):
+    """LLaVA + SAM + `[SEG]` projector, with LISA's `segment` and GLaMM's `ground` protocols.
+
+    Attach a tokenizer as `model.tokenizer` (`from_pretrained` loads the one saved beside the weights).
+    """
+
+    config_class = SegModelConfig
+    base_model_prefix = "seg_model"
+    main_input_name = "pixel_values"
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules: ClassVar[list[str]] = [
+        "LlamaDecoderLayer",
+        "CLIPEncoderLayer",
+        "SamVisionLayer",
+        "SamTwoWayAttentionBlock",
+    ]
+
+    def __init__(self, config: SegModelConfig) -> None:
+        super().__init__(config)
+        self.mllm = LlavaForConditionalGeneration(config.llava_config)
+        self.sam = SamModel(config.sam_config)
+        width = config.llava_config.text_config.hidden_size
+        prompt_width = config.sam_config.prompt_encoder_config.hidden_size
+        # LISA's text_hidden_fcs[0]; same layer indices, so the converter maps .0 and .2 directly.
+        self.seg_projector = nn.Sequential(
+            nn.Linear(width, width), nn.ReLU(), nn.Linear(width, prompt_width), nn.Dropout(0.0)
+        )
+        self.tokenizer: Any = None
+        self.post_init()
+
+    @property
+    def seg_token_id(self) -> int | None:
+        """The `[SEG]` token id (read by `segprune.prune_`)."""
+        return self.config.seg_token_id
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.mllm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.mllm.set_input_embeddings(value)
+
+    # -- saving and loading ---------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Save weights and config (`PreTrainedModel.save_pretrained`) and the attached tokenizer."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: Any, *args: Any, tokenizer: Any = None, **kwargs: Any
+    ):
+        """Load a saved `SegModel` and the tokenizer saved beside it (or the given `tokenizer`)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if tokenizer is None:
+            path = str(pretrained_model_name_or_path)
+            if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+                from transformers import AutoTokenizer
+
+                try:  # passing the config spares AutoTokenizer a look-up of our unregistered model type
+                    tokenizer = AutoTokenizer.from_pretrained(path, config=model.config)
+                except (OSError, ValueError):  # no tokenizer on the hub repo: the caller attaches one
+                    tokenizer = None
+        model.tokenizer = tokenizer
+        return model
+
+    # -- shared steps ---------------------------------------------------------------------------
+
+    def _tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise RuntimeError(
+                "no tokenizer attached: set model.tokenizer (e.g. AutoTokenizer.from_pretrained)"
+            )
+        return self.tokenizer
+
+    def _token_id(self, token: str) -> int:
+        tokenizer = self._tokenizer()
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no token {token!r}")
+        return int(token_id)
+
+    def _pad_id(self) -> int:
+        tokenizer = self._tokenizer()
+        for token_id in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id):
+            if token_id is not None:
+                return int(token_id)
+        return 0
+
+    def _prompt(self, query: str) -> str:
+        return self.config.prompt_template.replace("{query}", query)
+
+    def _encode(self, images: Sequence[Any], texts: Sequence[str]) -> dict[str, Any]:
+        """Tokenized texts and both towers' pixels, on the model's device."""
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images and {len(texts)} texts; give one text per image")
+        if not images:
+            raise ValueError("give at least one image")
+        llava = self.config.llava_config
+        pictures = [seg_inputs.as_uint8_chw(image) for image in images]
+        input_ids, attention_mask = seg_inputs.encode_prompts(
+            self._tokenizer(), texts, llava.image_token_id, llava.image_seq_length, self._pad_id()
+        )
+        clip = seg_inputs.clip_pixels(pictures, llava.vision_config.image_size, crop=self.config.clip_crop)
+        sam = seg_inputs.sam_pixels(pictures, self.config.sam_config.vision_config.image_size)
+        device, dtype = self.device, self.dtype
+        return {
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "pixel_values": clip.to(device, dtype),
+            "sam": sam,
+            "sam_pixels": sam.pixels.to(device, dtype),
+        }
+
+    def decode_masks(self, image_embeddings: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Low-resolution mask logits `(B, k, h, w)` for `hidden` `(B, k, width)` `[SEG]` states on
+        `image_embeddings` `(B, C, e, e)` from SAM's image encoder: one sparse prompt token per mask."""
+        batch = hidden.shape[0]
+        prompts = self.seg_projector(hidden.to(self.seg_projector[0].weight.dtype))
+        prompts = prompts.to(image_embeddings.dtype)[:, :, None, :]  # (B, k, 1 token, C)
+        size = image_embeddings.shape[-1]
+        positional = self.sam.get_image_wide_positional_embeddings().repeat(batch, 1, 1, 1)
+        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+            batch, -1, size, size
+        )
+        masks, _ = self.sam.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_positional_embeddings=positional.to(image_embeddings.dtype),
+            sparse_prompt_embeddings=prompts,
+            dense_prompt_embeddings=dense.to(image_embeddings.dtype),
+            multimask_output=False,
+        )
+        return masks[:, :, 0]
+
+    def _to_original(self, low_res: torch.Tensor, sam: seg_inputs.SamPixels, b: int) -> torch.Tensor:
+        size = self.config.sam_config.vision_config.image_size
+        return seg_inputs.masks_to_original(low_res, size, sam.resized[b], sam.original[b])
+
+    # -- referring segmentation (LISA) ----------------------------------------------------------
+
+    @torch.no_grad()
+    def segment(
+        self,
+        images: Sequence[Any],
+        queries: Sequence[str],
+        *,
+        answer: str | None = None,
+        threshold: float | None = 0.0,
+    ) -> list[torch.Tensor]:
+        """Segment what each query refers to: one `(H, W)` bool mask per image, at its original size.
+
+        One teacher-forced forward over prompt + `answer` (default `config.seg_answer`, which holds
+        `[SEG]`). With `threshold=None` the float mask logits are returned instead.
+        """
+        texts = [
+            self._prompt(q) + " " + (self.config.seg_answer if answer is None else answer) for q in queries
+        ]
+        batch = self._encode(images, texts)
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        out = self.mllm.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=seg_inputs.positions(attention_mask),
+            pixel_values=batch["pixel_values"],
+            use_cache=False,
+        )
+        is_seg = input_ids == self._seg_id()
+        if not bool(is_seg.any(dim=1).all()):
+            raise ValueError(
+                "the answer holds no [SEG] token; segment needs an answer such as 'Sure, it is [SEG].'"
+            )
+        first = is_seg.int().argmax(dim=1)
+        # LISA (model/LISA.py, `input_ids[:, 1:] == seg_token_idx`) reads the state one token before
+        # [SEG]: the one whose logits predict [SEG], the same state `ground` keeps while decoding.
+        rows = torch.arange(len(first), device=first.device)
+        hidden = out.last_hidden_state[rows, first - 1][:, None]
+        low_res = self.decode_masks(self.sam.get_image_embeddings(batch["sam_pixels"]), hidden)
+        masks = [self._to_original(low_res[b], batch["sam"], b)[0] for b in range(len(first))]
+        return masks if threshold is None else [m > threshold for m in masks]
+
+    def _seg_id(self) -> int:
+        if self.config.seg_token_id is None:
+            raise ValueError("config.seg_token_id is not set")
+        return self.config.seg_token_id
+
+    # -- grounded conversation (GLaMM GCG) ------------------------------------------------------
+
+    @torch.no_grad()
+    def ground(
+        self,
+        images: Sequence[Any],
+        prompt: str | Sequence[str] | None = None,
+        *,
+        max_new_tokens: int = 128,
+        threshold: float | None = 0.0,
+        **generate_kwargs: Any,
+    ) -> list[GroundedAnswer]:
+        """Describe each image with grounded phrases: greedy generation, one mask per generated `[SEG]`.
+
+        `prompt` is one query for all images or one per image (default `config.gcg_query`). Decoding
+        uses the KV cache; the last-layer state of each step is kept, and the state that produced a
+        `[SEG]` is its mask prompt, so no second forward runs. Extra keyword arguments go to
+        `generate()` (a `logits_processor`, for example); beam search is refused because it reorders
+        the batch behind the kept states. With `threshold=None` the masks hold float logits.
+        """
+        if generate_kwargs.get("num_beams", 1) != 1:
+            raise ValueError("ground decodes greedily (or samples); beam search is not supported")
+        if prompt is None:
+            prompt = self.config.gcg_query
+        queries = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+        batch = self._encode(images, [self._prompt(q) for q in queries])
+        tokenizer = self._tokenizer()
+        seg_id = self._seg_id()
+        open_id = self._token_id(self.config.phrase_open)
+        close_id = self._token_id(self.config.phrase_close)
+        eos_id = tokenizer.eos_token_id
+
+        steps: list[torch.Tensor] = []
+
+        def keep_last_state(module: nn.Module, args: Any, output: Any) -> None:
+            steps.append(output[0][:, -1])
+
+        options = {
+            "do_sample": False,
+            "pad_token_id": self._pad_id(),
+            "eos_token_id": eos_id,
+            # The LLM never needs to write an image placeholder; a random or converted head might.
+            "suppress_tokens": [self.config.llava_config.image_token_id],
+            **generate_kwargs,
+            "max_new_tokens": max_new_tokens,
+            "use_cache": True,
+            "return_dict_in_generate": False,
+        }
+        hook = self.mllm.model.language_model.register_forward_hook(keep_last_state)
+        try:
+            sequences = self.mllm.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                pixel_values=batch["pixel_values"],
+                **options,
+            )
+        finally:
+            hook.remove()
+        generated = sequences[:, batch["input_ids"].shape[1] :]
+        if len(steps) < generated.shape[1]:
+            raise RuntimeError(f"kept {len(steps)} decode states for {generated.shape[1]} generated tokens")
+        states = torch.stack(steps[: generated.shape[1]], dim=1)  # (B, T, width): state t produced token t
+
+        image_embeddings = None  # SAM's encoder only runs if some answer holds a [SEG]
+        if bool((generated == seg_id).any()):
+            image_embeddings = self.sam.get_image_embeddings(batch["sam_pixels"])
+        answers = []
+        for b, row in enumerate(generated.tolist()):
+            if eos_id is not None and eos_id in row:
+                row = row[: row.index(eos_id)]
+            parsed = parse_grounded(row, seg_id, open_id, close_id)
+            height, width = batch["sam"].original[b]
+            if parsed.segs:
+                low_res = self.decode_masks(image_embeddings[b : b + 1], states[b : b + 1, parsed.segs])
+                masks = self._to_original(low_res[0], batch["sam"], b)
+            else:
+                masks = torch.zeros(0, height, width, device=self.device)
+            masks = masks if threshold is None else masks > threshold
+            phrases = [
+                tokenizer.decode(row[span[0] : span[1]], skip_special_tokens=True).strip() if span else None
+                for span in parsed.spans
+            ]
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            answers.append(
+                GroundedAnswer(text=text, phrases=phrases, masks=masks, errors=list(parsed.errors))
+            )
+        return answers
