@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-oldest lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
+# The oldest transformers we support (the GPU machine's), side by side with the newest in .venv.
+OLDEST_TRANSFORMERS := 5.17.0
+test-oldest: $(STAMP)
+	test -d .compat/transformers-$(OLDEST_TRANSFORMERS) || $(BIN)/python -m pip install --quiet \
+		--target .compat/transformers-$(OLDEST_TRANSFORMERS) transformers==$(OLDEST_TRANSFORMERS)
+	PYTHONPATH=.compat/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -c \
+		"import transformers; assert transformers.__version__ == '$(OLDEST_TRANSFORMERS)', transformers.__version__"
+	PYTHONPATH=.compat/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -m pytest -q -m "not slow and not gpu" tests/patch tests/methods
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .compat build src/*.egg-info .pytest_cache .ruff_cache

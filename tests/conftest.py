@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segprune import METHODS, FastVConfig, PDropConfig
+from segprune import METHODS, ALTPConfig, CSPConfig, FastVConfig, PDropConfig
+from segprune.methods.prumerge import PruMergeConfig
+from segprune.methods.visionzip import VisionZipConfig
 from segprune.models import tiny_llava, tiny_llava_inputs
 
 torch.set_num_threads(2)
@@ -13,12 +15,44 @@ torch.set_num_threads(2)
 # One pruning example per registered method, sized for the 4-layer, 16-image-token tiny model.
 # A new method must add an entry here; test_examples_cover_registry enforces it.
 EXAMPLES = {
+    "altp": ALTPConfig(keep_ratio=0.25, layer=2, n_regions=4),
     "fastv": FastVConfig(layer=2, keep_ratio=0.25),
     "pdrop": PDropConfig(layers=(1, 3), ratio=0.5),
+    "prumerge": PruMergeConfig(plus=True, keep_ratio=0.375, neighbours=4),
+    "visionzip": VisionZipConfig(dominant=4, contextual=2),
+    "csp": CSPConfig(
+        cluster_layers=1,
+        cluster_tokens=6,
+        scatter_layers=1,
+        prune_tokens=3,
+        cluster="uniform",
+        score_token="last",
+    ),
 }
 
 # Bad field values per method: (kwargs, text the error must contain).
 INVALID = {
+    "altp": [
+        ({"keep_ratio": 0.0}, "keep_ratio=0.0"),
+        ({"layer": 0}, "layer=0"),
+        ({"n_regions": 0}, "n_regions=0"),
+        ({"compactness": 0.0}, "compactness=0.0"),
+        ({"sigma": -1.0}, "sigma=-1.0"),
+        ({"alpha": float("inf")}, "alpha=inf"),
+        ({"allocation": "uniform"}, "allocation='uniform'"),
+        ({"superpixels": "fast"}, "superpixels='fast'"),
+        ({"image_std": (0.5, 0.0, 0.5)}, "image_std=(0.5, 0.0, 0.5)"),
+        ({"image_mean": (0.5, 0.5)}, "image_mean=(0.5, 0.5)"),
+    ],
+    "csp": [
+        ({"cluster_layers": -1}, "cluster_layers=-1"),
+        ({"cluster_tokens": 0}, "cluster_tokens=0"),
+        ({"scatter_layers": 0}, "scatter_layers=0"),
+        ({"prune_tokens": 2.5}, "prune_tokens=2.5"),
+        ({"cluster": "kmeans"}, "cluster='kmeans'"),
+        ({"score_token": "cls"}, "score_token='cls'"),
+        ({"seed": -1}, "seed=-1"),
+    ],
     "fastv": [
         ({"layer": 0}, "layer=0"),
         ({"layer": 1.5}, "layer=1.5"),
@@ -35,6 +69,21 @@ INVALID = {
         ({"ratio": 0}, "ratio=0"),
         ({"ratio": -0.5}, "ratio=-0.5"),
     ],
+    "prumerge": [
+        ({"plus": 1}, "plus=1"),
+        ({"keep_ratio": 0.0}, "keep_ratio=0.0"),
+        ({"keep_ratio": 1.5}, "keep_ratio=1.5"),
+        ({"neighbours": -1}, "neighbours=-1"),
+        ({"neighbours": 2.0}, "neighbours=2.0"),
+    ],
+    "visionzip": [
+        ({"dominant": -1}, "dominant=-1"),
+        ({"dominant": 2.5}, "dominant=2.5"),
+        ({"contextual": -2}, "contextual=-2"),
+        ({"contextual": True}, "contextual=True"),
+        ({"dominant": 0, "contextual": 0}, "dominant=0"),
+        ({"dominant": None, "contextual": 3}, "contextual=3"),
+    ],
 }
 
 
@@ -50,6 +99,13 @@ def model():
 @pytest.fixture(scope="session")
 def eager_model():
     return tiny_llava(attn_implementation="eager")
+
+
+@pytest.fixture(scope="session")
+def seg_model():
+    from segprune.models import tiny_seg_model
+
+    return tiny_seg_model()
 
 
 @pytest.fixture

@@ -4,7 +4,10 @@ import segprune
 segprune.prune_(model, segprune.FastVConfig(layer=2, keep_ratio=0.25))
 """
 
-from segprune.methods import METHODS, FastVConfig, MethodConfig, PDropConfig, TokenPlan
+from segprune.methods import METHODS, ALTPConfig, CSPConfig, FastVConfig, MethodConfig, PDropConfig, TokenPlan
+from segprune.methods.prumerge import PruMergeConfig
+from segprune.methods.regions import masks_to_token_ids
+from segprune.methods.visionzip import VisionZipConfig
 from segprune.patch import prune_, pruning_config, stats, unprune
 from segprune.patch.state import PruneStats
 
@@ -12,11 +15,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "ALTPConfig",
+    "CSPConfig",
     "FastVConfig",
     "MethodConfig",
     "PDropConfig",
+    "PruMergeConfig",
     "PruneStats",
     "TokenPlan",
+    "VisionZipConfig",
+    "masks_to_token_ids",
     "prune_",
     "pruning_config",
     "stats",

@@ -47,6 +47,8 @@ def prune_(
             f"{type(model).__name__} holds no transformers LlavaModel; supported: "
             "LlavaForConditionalGeneration, LlavaModel, or a module containing one"
         )
+    if seg_token_id is None:  # segmentation models (SegModel) carry their own [SEG] id
+        seg_token_id = getattr(model, "seg_token_id", None)
     unprune(model)
     setattr(
         llava, _ATTR, LlavaAdapter(llava, config, seg_token_id=seg_token_id, instance_masks=instance_masks)

@@ -76,7 +76,13 @@ class LlavaAdapter:
             if vision_layers
             else None
         )
-        self._hook = llava.register_forward_pre_hook(self._capture_inputs, with_kwargs=True)
+        self._pixels: torch.Tensor | None = None
+        self._hooks = [
+            llava.register_forward_pre_hook(self._capture_inputs, with_kwargs=True),
+            # Pixels are taken where the vision tower receives them: generate() may encode the
+            # images before the first LlavaModel call and pass features instead of pixel_values.
+            llava.vision_tower.register_forward_pre_hook(self._capture_pixels, with_kwargs=True),
+        ]
         adapter = self
 
         def forward(lm_self: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -86,7 +92,8 @@ class LlavaAdapter:
 
     def remove(self) -> None:
         """Restore the unpatched model."""
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         if self.vision is not None:
             self.vision.remove()
         del self.lm.forward
@@ -108,8 +115,10 @@ class LlavaAdapter:
         self._pending = {
             "image_mask": image_mask,
             "input_ids": input_ids,
-            "pixel_values": kwargs.get("pixel_values", args[1] if len(args) > 1 else None),
         }
+
+    def _capture_pixels(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._pixels = kwargs.get("pixel_values", args[0] if args else None)
 
     # -- the patched forward --------------------------------------------------------------------
 
@@ -288,7 +297,13 @@ class LlavaAdapter:
 
     def _context(self, n_image: int, pending: dict[str, Any], device: torch.device) -> SelectContext:
         """Collect what selectors may read for this prefill."""
-        pixel_values = pending.get("pixel_values")
+        pixel_values, self._pixels = self._pixels, None
+        batch = pending["image_mask"].shape[0]
+        if pixel_values is not None and pixel_values.shape[0] != batch:
+            raise ValueError(
+                f"the vision tower saw {pixel_values.shape[0]} images but the prompt batch holds {batch} "
+                "samples; segprune needs one image per sample (no beam search or num_return_sequences > 1)"
+            )
         instance_masks = None
         if self.instance_masks is not None:
             if pixel_values is None:

@@ -1,0 +1,188 @@
+"""ALTP (Adaptive Local-Aware Token Pruning): FastV's drop, with the budget split over superpixels."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from segprune.methods.allocate import allocate, ddc_weights, ddf_weights, density, select_by_quota
+from segprune.methods.base import MethodConfig, check_fits, register
+from segprune.methods.fastv import keep_count
+from segprune.methods.plan import AttentionScore, Keep, SelectContext, TokenPlan
+from segprune.methods.superpixels import grid_slic, region_stats, seed_lattice, skimage_slic
+
+ALLOCATIONS = ("ddf", "ddc")
+SUPERPIXELS = ("grid", "skimage")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ALTPSelector:
+    """Keep a per-region quota of the best-scoring live tokens (ALTP Algorithm 1, steps 1-3).
+
+    Regions are superpixels of the image the model saw (`context.pixel_values`, de-normalised with
+    `image_mean` / `image_std`), at the resolution of the patch grid (`context.grid`).
+    """
+
+    n_regions: int = 10
+    compactness: float = 5.0
+    sigma: float = 1.0
+    alpha: float = 1.5
+    allocation: str = "ddf"
+    superpixels: str = "grid"
+    image_mean: tuple[float, ...] = CLIP_MEAN
+    image_std: tuple[float, ...] = CLIP_STD
+
+    def __call__(
+        self, scores: torch.Tensor | None, live: torch.Tensor, count: int, context: SelectContext
+    ) -> torch.Tensor:
+        if count >= live.shape[1]:
+            return live  # keeping everything needs no regions (and works without pixels)
+        if scores is None:
+            raise ValueError("ALTP ranks tokens inside each region by attention; give its Keep step a score")
+        labels, n_labels, images = self.regions(context)
+        live_labels = labels.gather(1, live)
+        quotas = self.quotas(images, labels, n_labels, live_labels, count, context.grid)
+        chosen = select_by_quota(scores, live_labels, quotas, count)
+        return live.gather(1, chosen)
+
+    def regions(self, context: SelectContext) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """Return `(labels (batch, N), an upper bound on the labels, images (batch, 3, H, W) in [0, 1])`."""
+        images = self.pixels(context)
+        if self.superpixels == "grid":
+            labels = grid_slic(images, context.grid, self.n_regions, self.compactness, self.sigma)
+            (_, _, seed_rows), (_, _, seed_cols) = seed_lattice(*images.shape[-2:], self.n_regions)
+            return labels, seed_rows * seed_cols, images
+        labels = skimage_slic(images, context.grid, self.n_regions, self.compactness, self.sigma)
+        return labels, int(labels.max()) + 1, images  # the CPU path has synced already
+
+    def quotas(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        n_labels: int,
+        live_labels: torch.Tensor,
+        count: int,
+        grid: tuple[int, int],
+    ) -> torch.Tensor:
+        """Return `(batch, n_labels)` long quotas summing to `count`, capped by each region's live tokens."""
+        sizes = torch.zeros(labels.shape[0], n_labels, dtype=torch.long, device=labels.device)
+        sizes.scatter_add_(1, live_labels, torch.ones_like(live_labels))
+        if self.allocation == "ddc":
+            return allocate(ddc_weights(sizes), sizes, count)
+        variance, area = region_stats(images, labels, grid, n_labels)
+        dense = density(variance, area)
+        return allocate(ddf_weights(dense, sizes > 0, self.alpha), sizes, count, rank_by=dense)
+
+    def pixels(self, context: SelectContext) -> torch.Tensor:
+        """Return the model's pixels de-normalised to RGB in [0, 1], checked against the token grid."""
+        pixel_values = context.pixel_values
+        if pixel_values is None:
+            raise ValueError(
+                "ALTP needs the image: call the model with pixel_values (inputs_embeds-only calls "
+                "carry no pixels to cut into superpixels)"
+            )
+        if context.grid is None:
+            raise ValueError("ALTP needs the patch grid of the image tokens; the adapter gave none")
+        rows, cols = context.grid
+        if rows * cols != context.n_image:
+            raise ValueError(
+                f"ALTP: the {rows}x{cols} patch grid has {rows * cols} patches but the prompt holds "
+                f"{context.n_image} image tokens; ALTP needs one token per patch (no CLS token, no tiling)"
+            )
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(
+                f"ALTP needs pixel_values of shape (batch, 3, H, W), got {tuple(pixel_values.shape)}"
+            )
+        x = pixel_values.float()
+        # Per-channel constants as Python floats: no host-to-device copy in the hot path.
+        channels = [x[:, c] * self.image_std[c] + self.image_mean[c] for c in range(3)]
+        return torch.stack(channels, dim=1).clamp(0, 1)
+
+
+@register
+@dataclass(frozen=True)
+class ALTPConfig(MethodConfig):
+    """ALTP (Adaptive Local-Aware Token Pruning): FastV's drop with the budget split over superpixels.
+
+    Before decoder layer `layer`, exactly round(keep_ratio * N) image tokens stay per sample: the
+    image is cut into superpixels (Eq. 2), each gets a quota, and inside each the tokens the last
+    token attends to most in layer `layer` - 1 (FastV's score) are kept.
+
+    Attributes:
+        keep_ratio: fraction of the N image tokens kept, 0 < keep_ratio <= 1.
+        layer: K, the first decoder layer that sees only the kept tokens (K >= 1).
+        n_regions: target number of superpixels (the paper's N; default 10).
+        compactness: SLIC's compactness C (> 0): higher gives squarer regions (default 5).
+        sigma: Gaussian smoothing in pixels before SLIC (>= 0; default 1).
+        alpha: temperature of the DDF softmax, w = softmax(d / (alpha * max d)) (> 0; paper: 1.5).
+        allocation: "ddf" splits the budget by information density (Eqs. 3-4); "ddc" gives every
+            region the same keep ratio.
+        superpixels: "grid" runs SLIC on the patch grid in torch, on the model's device; "skimage"
+            runs `skimage.segmentation.slic` on the pixels on CPU (needs `segprune[skimage]`).
+        image_mean, image_std: the normalisation the image processor applied (CLIP's by default).
+    """
+
+    name = "altp"
+    keep_ratio: float = 0.25
+    layer: int = 2
+    n_regions: int = 10
+    compactness: float = 5.0
+    sigma: float = 1.0
+    alpha: float = 1.5
+    allocation: str = "ddf"
+    superpixels: str = "grid"
+    image_mean: tuple[float, ...] = CLIP_MEAN
+    image_std: tuple[float, ...] = CLIP_STD
+
+    def validate(self) -> None:
+        self.check_fraction("keep_ratio")
+        self.check_int("layer", lo=1)
+        self.check_int("n_regions", lo=1)
+        self._check_real("compactness", allow_zero=False)
+        self._check_real("sigma", allow_zero=True)
+        self._check_real("alpha", allow_zero=False)
+        self.check_choice("allocation", ALLOCATIONS)
+        self.check_choice("superpixels", SUPERPIXELS)
+        self._check_triple("image_mean", positive=False)
+        self._check_triple("image_std", positive=True)
+
+    def plan(self, n_image: int, n_layers: int) -> TokenPlan:
+        check_fits(self, "layer", self.layer, n_layers)
+        select = ALTPSelector(
+            n_regions=self.n_regions,
+            compactness=float(self.compactness),
+            sigma=float(self.sigma),
+            alpha=float(self.alpha),
+            allocation=self.allocation,
+            superpixels=self.superpixels,
+            image_mean=self.image_mean,
+            image_std=self.image_std,
+        )
+        step = Keep(self.layer, keep_count(self.keep_ratio, n_image), select, AttentionScore(self.layer - 1))
+        return TokenPlan(n_image, n_layers, (step,))
+
+    @classmethod
+    def keep_all(cls) -> ALTPConfig:
+        return cls(keep_ratio=1.0, layer=1)
+
+    def _check_real(self, field: str, allow_zero: bool) -> None:
+        value = getattr(self, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{self._where(field)}={value!r} must be a finite number")
+        if value < 0 or (value == 0 and not allow_zero):
+            valid = "value >= 0" if allow_zero else "value > 0"
+            raise ValueError(f"{self._where(field)}={value!r} is out of range; valid: {valid}")
+
+    def _check_triple(self, field: str, positive: bool) -> None:
+        value = getattr(self, field)
+        numbers = isinstance(value, tuple) and len(value) == 3
+        numbers = numbers and all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value
+        )
+        if not numbers or (positive and min(value) <= 0):
+            valid = "3 finite numbers > 0" if positive else "3 finite numbers"
+            raise ValueError(f"{self._where(field)}={value!r} is out of range; valid: {valid} (R, G, B)")

@@ -1,0 +1,227 @@
+"""LVLM_CSP: a coarse pass on a few tokens (clustering), all tokens back (scattering), then a handful
+kept by `[SEG]` attention (pruning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from segprune.methods.allocate import allocate, select_by_quota
+from segprune.methods.altp import ALTPSelector
+from segprune.methods.base import MethodConfig, register
+from segprune.methods.plan import SCORE_TOKENS, AttentionScore, Keep, Reactivate, SelectContext, TokenPlan
+from segprune.methods.select import TopK
+
+CLUSTER_MODES = ("seg_first", "uniform", "random", "cls")
+
+# Table 6 of the CSP paper: (Lc, Nc, Ls, Np) per model and image-token reduction.
+TABLE6: dict[str, dict[float, tuple[int, int, int, int]]] = {
+    "llava-1.5-7b-224": {
+        0.65: (6, 96, 8, 8),
+        0.70: (7, 80, 7, 8),
+        0.75: (8, 64, 6, 4),
+        0.80: (10, 48, 4, 8),
+        0.85: (11, 32, 3, 8),
+        0.90: (12, 32, 2, 2),
+    },
+    "llava-1.5-7b-336": {
+        0.65: (6, 128, 9, 32),
+        0.70: (6, 32, 9, 16),
+        0.75: (7, 64, 7, 16),
+        0.80: (8, 24, 6, 8),
+        0.85: (9, 32, 4, 8),
+        0.90: (11, 32, 3, 2),
+    },
+    "llava-1.5-13b-224": {
+        0.65: (5, 64, 11, 16),
+        0.70: (6, 64, 10, 8),
+        0.75: (7, 32, 9, 8),
+        0.80: (9, 16, 7, 8),
+        0.85: (11, 16, 5, 8),
+        0.90: (12, 32, 2, 8),
+    },
+}
+
+
+def uniform_indices(n: int, count: int, device: torch.device | None = None) -> torch.Tensor:
+    """Return CSP Eq. 2's uniform sample: i * floor(n / count) for i < count."""
+    return torch.arange(count, device=device) * (n // count)
+
+
+@dataclass(frozen=True)
+class SegFirstSelector:
+    """Sample tokens per instance in proportion to its size, at least one each (CSP Eqs. 4-5).
+
+    Instances come from `context.instance_masks` (a detector the caller plugged into `prune_`) or,
+    by default, from ALTP's grid superpixels of the image with `n_regions` regions. Quotas are
+    rounded by largest remainder so they sum to exactly `count`; inside each instance the tokens
+    are drawn uniformly at random from the context's seeded generator. Tokens outside every
+    instance are drawn only when the instances hold fewer than `count` tokens.
+    """
+
+    n_regions: int = 10
+
+    def __call__(
+        self, scores: torch.Tensor | None, live: torch.Tensor, count: int, context: SelectContext
+    ) -> torch.Tensor:
+        labels, n_labels = self.instances(context)
+        live_labels = labels.gather(1, live)
+        batch, n = live.shape
+        sizes = torch.zeros(batch, n_labels, dtype=torch.long, device=live.device)
+        sizes.scatter_add_(1, live_labels, torch.ones_like(live_labels))
+        weights = sizes.float()
+        if context.instance_masks is not None:
+            # The last label is "no instance": it only takes what the instances cannot hold.
+            in_instances = sizes[:, :-1].sum(dim=1)
+            background = torch.where(in_instances >= count, 0, sizes[:, -1])
+            sizes = torch.cat([sizes[:, :-1], background[:, None]], dim=1)
+            weights = torch.cat([weights[:, :-1], 1e-6 * (background[:, None] > 0)], dim=1)
+        quotas = allocate(weights, sizes, count)
+        noise = torch.rand(batch, n, generator=context.generator, device=live.device)
+        return live.gather(1, select_by_quota(noise, live_labels, quotas, count))
+
+    def instances(self, context: SelectContext) -> tuple[torch.Tensor, int]:
+        """Return `(batch, N)` labels and their number; with caller masks, label N means "none"."""
+        ids = context.instance_masks
+        if ids is None:
+            labels, n_labels, _ = ALTPSelector(n_regions=self.n_regions).regions(context)
+            return labels, n_labels
+        n = context.n_image
+        if bool(((ids < -1) | (ids >= n)).any()):
+            raise ValueError(f"instance ids must lie in -1..{n - 1} (-1: no instance)")
+        return torch.where(ids < 0, n, ids), n + 1
+
+
+@dataclass(frozen=True)
+class ClusterSelector:
+    """Choose the clustering stage's tokens (CSP Section 3.1) from all N image tokens."""
+
+    mode: str
+    cls_layer: int = -1
+
+    def __call__(
+        self, scores: torch.Tensor | None, live: torch.Tensor, count: int, context: SelectContext
+    ) -> torch.Tensor:
+        batch, n = live.shape
+        if self.mode == "uniform":
+            order = uniform_indices(n, count, live.device).expand(batch, count)
+        elif self.mode == "random":
+            noise = torch.rand(batch, n, generator=context.generator, device=live.device)
+            order = noise.argsort(dim=1)[:, :count]
+        elif self.mode == "cls":
+            if context.vision is None:
+                raise ValueError("cluster='cls' needs the vision tower's CLS attention (vision_layers)")
+            attention = context.vision.cls_attention(self.cls_layer).gather(1, live)
+            return TopK()(attention, live, count, context)
+        else:
+            raise ValueError(f"unknown cluster mode {self.mode!r}; valid: {list(CLUSTER_MODES)}")
+        return live.gather(1, order).sort(dim=1).values
+
+
+@register
+@dataclass(frozen=True)
+class CSPConfig(MethodConfig):
+    """LVLM_CSP (clustering, scattering, pruning).
+
+    Attributes:
+        cluster_layers: Lc, the decoder layers that see only the clustering tokens (>= 0; 0 skips
+            the clustering stage).
+        cluster_tokens: Nc, image tokens in the clustering stage; None keeps all N.
+        scatter_layers: Ls, layers in which every image token is live again (>= 1). Tokens not
+            chosen for clustering re-enter at layer Lc with their input embeddings (Eq. 7) and
+            their original position ids (Eq. 6).
+        prune_tokens: Np, image tokens kept from layer Lc + Ls on, ranked by the attention row of
+            the scoring token in layer Lc + Ls - 1 (Eq. 8); None keeps all N.
+        cluster: how the clustering tokens are chosen: "seg_first" (per instance, in proportion to
+            its area, at least one each, Eqs. 4-5), "uniform" (Eq. 2), "random", or "cls" (CLS
+            attention of the vision tower's last layer, Eq. 3).
+        score_token: "seg" ranks by the `[SEG]` token (the referring-segmentation forward is
+            teacher-forced, so `[SEG]` is in the input; pass `seg_token_id` to `prune_`); "last"
+            by the last token, for plain generation.
+        seed: seeds the random choices of "random" and "seg_first" at every prefill.
+        instance_regions: for "seg_first" without a detector (`prune_(..., instance_masks=)`): the
+            number of superpixel regions that stand in for instances.
+    """
+
+    name = "csp"
+    cluster_layers: int = 8
+    cluster_tokens: int | None = 64
+    scatter_layers: int = 6
+    prune_tokens: int | None = 4
+    cluster: str = "seg_first"
+    score_token: str = "seg"
+    seed: int = 0
+    instance_regions: int = 10
+
+    def validate(self) -> None:
+        self.check_int("cluster_layers", lo=0)
+        if self.cluster_tokens is not None:
+            self.check_int("cluster_tokens", lo=1)
+        self.check_int("scatter_layers", lo=1)
+        if self.prune_tokens is not None:
+            self.check_int("prune_tokens", lo=1)
+        self.check_choice("cluster", CLUSTER_MODES)
+        self.check_choice("score_token", SCORE_TOKENS)
+        self.check_int("seed", lo=0)
+        self.check_int("instance_regions", lo=1)
+
+    def vision_layers(self) -> tuple[int, ...]:
+        return (-1,) if self.cluster == "cls" else ()
+
+    def _count(self, field: str, n_image: int) -> int:
+        value = getattr(self, field)
+        if value is None:
+            return n_image
+        if value > n_image:
+            raise ValueError(
+                f"CSPConfig.{field}={value} exceeds the {n_image} image tokens; "
+                f"valid: 1 <= value <= {n_image}"
+            )
+        return value
+
+    def plan(self, n_image: int, n_layers: int) -> TokenPlan:
+        prune_layer = self.cluster_layers + self.scatter_layers
+        if prune_layer >= n_layers:
+            raise ValueError(
+                f"CSPConfig.cluster_layers + scatter_layers = {prune_layer} leaves no pruning stage in a "
+                f"{n_layers}-layer decoder; valid: cluster_layers + scatter_layers <= {n_layers - 1}"
+            )
+        steps: list[Keep | Reactivate] = []
+        if self.cluster_layers:
+            steps.append(Keep(0, self._count("cluster_tokens", n_image), self._cluster_selector()))
+            steps.append(Reactivate(self.cluster_layers))
+        score = AttentionScore(prune_layer - 1, self.score_token)
+        steps.append(Keep(prune_layer, self._count("prune_tokens", n_image), TopK(), score))
+        return TokenPlan(n_image, n_layers, tuple(steps))
+
+    def _cluster_selector(self):
+        if self.cluster == "seg_first":
+            return SegFirstSelector(self.instance_regions)
+        return ClusterSelector(self.cluster)
+
+    @classmethod
+    def keep_all(cls) -> CSPConfig:
+        return cls(
+            cluster_layers=1,
+            cluster_tokens=None,
+            scatter_layers=1,
+            prune_tokens=None,
+            cluster="uniform",
+            score_token="last",
+        )
+
+    @classmethod
+    def preset(cls, model: str, reduction: float, **overrides) -> CSPConfig:
+        """Return the CSP paper's Table 6 setting for `model` at image-token `reduction` (e.g. 0.75).
+
+        `overrides` set the other fields (cluster mode, score token, seed).
+        """
+        if model not in TABLE6:
+            raise ValueError(f"no Table 6 preset for model {model!r}; valid: {sorted(TABLE6)}")
+        settings = TABLE6[model]
+        match = [r for r in settings if abs(r - reduction) < 1e-6]
+        if not match:
+            raise ValueError(f"no Table 6 preset for reduction={reduction!r}; valid: {sorted(settings)}")
+        lc, nc, ls, np_ = settings[match[0]]
+        return cls(cluster_layers=lc, cluster_tokens=nc, scatter_layers=ls, prune_tokens=np_, **overrides)

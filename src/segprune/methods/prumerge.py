@@ -1,0 +1,149 @@
+"""PruMerge / PruMerge+: before the LLM, keep CLS-attention outliers (plus spatially even tokens)
+and merge each kept token with its nearest neighbours by key similarity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from segprune.methods.base import MethodConfig, register
+from segprune.methods.fastv import keep_count
+from segprune.methods.merge import (
+    live_cls_attention,
+    live_keys,
+    mask_to_indices,
+    nearest_neighbours,
+    spread,
+    weighted_average,
+)
+from segprune.methods.plan import Keep, SelectContext, TokenPlan
+
+# PruMerge takes CLS attention and keys from the vision tower's last layer, whose input is the
+# second-to-last layer's output: the features LLaVA projects.
+VISION_LAYER = -1
+IQR_FACTOR = 1.5
+
+
+def iqr_outliers(attention: torch.Tensor) -> torch.Tensor:
+    """Mark the tokens whose CLS attention lies above Q3 + 1.5 * IQR of their own row (PruMerge).
+
+    Args:
+        attention: `(batch, n)` CLS attention of each token.
+    Returns:
+        `(batch, n)` bool. Quartiles interpolate linearly, as `numpy.percentile` does.
+    """
+    q = torch.tensor([0.25, 0.75], device=attention.device)
+    q1, q3 = torch.quantile(attention.float(), q, dim=1)
+    return attention > (q3 + IQR_FACTOR * (q3 - q1))[:, None]
+
+
+def prumerge_keep(attention: torch.Tensor, count: int, plus: bool) -> torch.Tensor:
+    """Return PruMerge's `count` kept tokens per sample as a `(batch, n)` mask.
+
+    With `plus`, the IQR outliers of the CLS attention are kept (the highest-ranked ones if there
+    are more than `count`) and the rest of the budget is filled with tokens spread evenly over the
+    other tokens (`spread`), PruMerge+'s spatially uniform sample. Without `plus` the outliers are
+    filled up by CLS rank, which is the top `count` by CLS attention.
+    """
+    batch, n = attention.shape
+    order = torch.sort(attention, dim=1, descending=True, stable=True).indices
+    if plus:
+        # Outliers are exactly the top-ranked tokens, so "top n_top by rank" is the outlier set.
+        n_top = iqr_outliers(attention).sum(dim=1).clamp(max=count)
+    else:
+        n_top = torch.full((batch,), count, device=attention.device)
+    ranks = torch.arange(n, device=attention.device).expand(batch, n)
+    top = torch.zeros(batch, n, dtype=torch.bool, device=attention.device)
+    top.scatter_(1, order, ranks < n_top[:, None])
+    return top | spread(~top, count - n_top)
+
+
+def prumerge_weights(
+    attention: torch.Tensor, keys: torch.Tensor, kept: torch.Tensor, neighbours: int
+) -> torch.Tensor:
+    """Return PruMerge's merge weights: each kept token averages itself and its nearest tokens.
+
+    Args:
+        attention: `(batch, n)` CLS attention, the weight of each token.
+        keys: `(batch, n, d)` keys (PruMerge: all heads concatenated).
+        kept: `(batch, c)` positions of the kept tokens.
+        neighbours: k; each kept token takes its k most similar other tokens (cosine of keys; kept
+            or not), at most n - 1.
+    Returns:
+        `(batch, c, n)` weights: the CLS attention of the kept token and of its neighbours, 0 elsewhere.
+    """
+    members = nearest_neighbours(keys, kept, min(neighbours, keys.shape[1] - 1))
+    members.scatter_(2, kept[..., None], True)
+    return members * attention[:, None, :].float()
+
+
+@dataclass(frozen=True)
+class PruMergeTokens:
+    """PruMerge's selector (`select`) and merger (`merge`), on vision layer `layer`."""
+
+    plus: bool
+    neighbours: int
+    layer: int = VISION_LAYER
+
+    def select(
+        self, scores: torch.Tensor | None, live: torch.Tensor, count: int, context: SelectContext
+    ) -> torch.Tensor:
+        """Keep `prumerge_keep`'s tokens (a `Selector`)."""
+        attention = live_cls_attention(context, self.layer, live)
+        return live.gather(1, mask_to_indices(prumerge_keep(attention, count, self.plus), count))
+
+    def merge(
+        self, hidden: torch.Tensor, live: torch.Tensor, kept: torch.Tensor, context: SelectContext
+    ) -> torch.Tensor:
+        """Replace each kept token by its CLS-attention-weighted neighbourhood average (a `Merger`)."""
+        attention = live_cls_attention(context, self.layer, live)
+        keys = live_keys(context, self.layer, live)
+        keys = keys.transpose(1, 2).flatten(2)  # (batch, n, heads * head_dim): the k_proj output
+        weights = prumerge_weights(attention, keys, torch.searchsorted(live, kept), self.neighbours)
+        return weighted_average(hidden, weights)
+
+
+@register
+@dataclass(frozen=True)
+class PruMergeConfig(MethodConfig):
+    """PruMerge and PruMerge+ (Shang et al., 2024), at an exact budget, before the LLM.
+
+    Attributes:
+        plus: PruMerge+: keep the IQR outliers of the CLS attention (last vision layer, mean over
+            heads; above Q3 + 1.5 IQR) and fill the budget with tokens spread evenly over the
+            rest. Without it the IQR rule drops out: outliers are the top-ranked tokens, so filling
+            them up by CLS rank to the budget is a plain top-k by CLS attention.
+        keep_ratio: exactly round(keep_ratio * N) image tokens per sample enter the LLM. The
+            papers' adaptive counts average about 5.5% of N (PruMerge) and 25% (PruMerge+); a
+            fixed count keeps batches rectangular.
+        neighbours: k. Each kept token becomes the CLS-attention-weighted average of itself and
+            its k nearest tokens by cosine similarity of the last vision layer's keys (all heads
+            concatenated), at most N - 1; 0 merges nothing.
+
+    Merged tokens keep their own position ids (see VisionZipConfig for why).
+    """
+
+    name = "prumerge"
+    plus: bool = True
+    keep_ratio: float = 0.25
+    neighbours: int = 32
+
+    def validate(self) -> None:
+        if not isinstance(self.plus, bool):
+            raise ValueError(f"PruMergeConfig.plus={self.plus!r} must be True or False")
+        self.check_fraction("keep_ratio")
+        self.check_int("neighbours", lo=0)
+
+    def vision_layers(self) -> tuple[int, ...]:
+        return (VISION_LAYER,)
+
+    def plan(self, n_image: int, n_layers: int) -> TokenPlan:
+        tokens = PruMergeTokens(self.plus, self.neighbours)
+        merge = tokens.merge if self.neighbours else None
+        step = Keep(0, keep_count(self.keep_ratio, n_image), tokens.select, merge=merge)
+        return TokenPlan(n_image, n_layers, (step,))
+
+    @classmethod
+    def keep_all(cls) -> PruMergeConfig:
+        return cls(keep_ratio=1.0, neighbours=0)

@@ -1,0 +1,35 @@
+"""Pixel labels and instance masks to per-token labels, checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segprune.methods.regions import majority_labels, masks_to_token_ids
+
+
+def test_majority_labels_by_hand():
+    # A 4x4 image, 2x2 grid of 2x2 patches. Patch (0,0): three 1s and one 0 -> 1. Patch (0,1): two 0s,
+    # two 2s -> tie -> the lower label, 0. Patch (1,0): all 2 -> 2. Patch (1,1): three 0s -> 0.
+    labels = torch.tensor(
+        [
+            [1, 1, 0, 2],
+            [1, 0, 0, 2],
+            [2, 2, 0, 0],
+            [2, 2, 1, 0],
+        ]
+    )[None]
+    assert majority_labels(labels, (2, 2), 3).tolist() == [[1, 0, 2, 0]]
+
+
+def test_masks_to_token_ids():
+    masks = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    masks[0, 0, :2, :2] = True  # instance 0 fills patch 0
+    masks[0, 1, :3, 2:] = True  # instance 1 fills patch 1 and half of patch 3
+    masks[0, 0, 2:, :1] = True  # instance 0 covers half of patch 2: a tie with "none" -> none
+    assert masks_to_token_ids(masks, (2, 2)).tolist() == [[0, 1, -1, -1]]
+    # Overlap: the lower instance index wins the pixel.
+    both = torch.ones(1, 2, 4, 4, dtype=torch.bool)
+    assert masks_to_token_ids(both, (2, 2)).tolist() == [[0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="do not divide"):
+        masks_to_token_ids(torch.ones(1, 1, 5, 4, dtype=torch.bool), (2, 2))
