@@ -111,3 +111,25 @@ def seg_model():
 @pytest.fixture
 def inputs(model):
     return tiny_llava_inputs(model, batch=2, prompt_lengths=(5, 8), left_pad=True)
+
+
+def position_ids_of(attention_mask):
+    """What generate() passes: positions count real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.fixture
+def cls_attention_calls(monkeypatch):
+    """Record every `(layer, CLS attention)` the vision capture hands to a selector."""
+    from segprune.patch.vision import VisionCapture
+
+    seen = []
+    recompute = VisionCapture.cls_attention
+
+    def spy(self, layer):
+        result = recompute(self, layer)
+        seen.append((layer, result))
+        return result
+
+    monkeypatch.setattr(VisionCapture, "cls_attention", spy)
+    return seen

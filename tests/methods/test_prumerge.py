@@ -12,7 +12,7 @@ from segprune import PruMergeConfig
 from segprune.methods.prumerge import iqr_outliers, prumerge_keep, prumerge_weights
 from segprune.models import tiny_llava, tiny_llava_inputs
 from segprune.models.tiny_llava import IMAGE_TOKEN_ID
-from segprune.patch.vision import VisionCapture, encoder_layers
+from segprune.patch.vision import encoder_layers
 
 N_IMAGE = 16
 
@@ -165,16 +165,8 @@ def test_kept_tokens_and_merged_embeddings_by_hand(models, inputs, eager_attenti
 
 
 @torch.no_grad()
-def test_selection_ranks_by_eager_cls_attention(models, inputs, eager_attention, monkeypatch):
-    seen = []
-    recompute = VisionCapture.cls_attention
-
-    def spy(self, layer):
-        result = recompute(self, layer)
-        seen.append((layer, result))
-        return result
-
-    monkeypatch.setattr(VisionCapture, "cls_attention", spy)
+def test_selection_ranks_by_eager_cls_attention(models, inputs, eager_attention, cls_attention_calls):
+    seen = cls_attention_calls
     model = models[0]
     segprune.prune_(model, PruMergeConfig(plus=False, keep_ratio=0.25, neighbours=0))
     model(**inputs)

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import segprune
-from conftest import EXAMPLES
+from conftest import EXAMPLES, position_ids_of
 from segprune import VisionZipConfig
 from segprune.methods.visionzip import visionzip_groups
 from segprune.models.tiny_llava import IMAGE_TOKEN_ID
-from segprune.patch.vision import VisionCapture, encoder_layers
+from segprune.patch.vision import encoder_layers
 
 N_IMAGE = 16
 
@@ -115,16 +115,8 @@ def test_merged_embeddings_are_group_means(model, eager_model, inputs):
 
 
 @torch.no_grad()
-def test_selection_ranks_by_eager_cls_attention(model, eager_model, inputs, monkeypatch):
-    seen = []
-    recompute = VisionCapture.cls_attention
-
-    def spy(self, layer):
-        result = recompute(self, layer)
-        seen.append((layer, result))
-        return result
-
-    monkeypatch.setattr(VisionCapture, "cls_attention", spy)
+def test_selection_ranks_by_eager_cls_attention(model, eager_model, inputs, cls_attention_calls):
+    seen = cls_attention_calls
     segprune.prune_(model, EXAMPLES["visionzip"])
     model(**inputs)
     expected = eager_cls_attention(model, eager_model, inputs["pixel_values"], -2)
@@ -135,10 +127,6 @@ def test_selection_ranks_by_eager_cls_attention(model, eager_model, inputs, monk
     kept = segprune.stats(model).kept_indices[0]
     for b in range(2):
         assert set(expected[b].topk(4).indices.tolist()) <= set(kept[b].tolist())
-
-
-def position_ids_of(attention_mask):
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()

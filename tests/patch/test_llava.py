@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import segprune
-from conftest import EXAMPLES, method_names
+from conftest import EXAMPLES, method_names, position_ids_of
 from segprune import METHODS
 from segprune.methods.plan import Keep
 from segprune.methods.replay import ReplayConfig
@@ -22,9 +22,19 @@ def _unpruned(model, eager_model):
     segprune.unprune(eager_model)
 
 
-def position_ids_of(attention_mask):
-    # What generate() passes: positions count real tokens only, so left padding does not shift them.
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+def uncached_step_logits(model, inputs, sequences, steps):
+    """Logits that predicted each of the last `steps` tokens of `sequences`, from one uncached forward."""
+    batch = sequences.shape[0]
+    mask = torch.cat([inputs["attention_mask"], torch.ones(batch, steps, dtype=torch.long)], dim=1)
+    full = model(
+        input_ids=sequences,
+        attention_mask=mask,
+        pixel_values=inputs["pixel_values"],
+        position_ids=position_ids_of(mask),
+        use_cache=False,
+    ).logits
+    prompt = inputs["input_ids"].shape[1]
+    return full[:, prompt - 1 : prompt + steps - 1]
 
 
 def greedy(model, inputs, steps=4):
@@ -75,17 +85,7 @@ def test_cached_decode_equals_recompute_with_same_live_sets(model, inputs, name)
 
     # Recompute the whole sequence in one uncached forward with the prefill's live sets replayed.
     segprune.prune_(model, ReplayConfig.from_stats(kept))
-    mask = torch.cat([inputs["attention_mask"], torch.ones(2, 4, dtype=torch.long)], dim=1)
-    full = model(
-        input_ids=sequences,
-        attention_mask=mask,
-        pixel_values=inputs["pixel_values"],
-        position_ids=position_ids_of(mask),
-        use_cache=False,
-    ).logits
-    prompt = inputs["input_ids"].shape[1]
-    recomputed = full[:, prompt - 1 : prompt + 3]
-    assert (recomputed - step_logits).abs().max() <= 1e-4
+    assert (uncached_step_logits(model, inputs, sequences, steps=4) - step_logits).abs().max() <= 1e-4
     for layer, indices in enumerate(segprune.stats(model).kept_indices):
         assert torch.equal(indices, kept.kept_indices[layer])
 
@@ -105,16 +105,7 @@ def test_cached_decode_equals_uncached_forward_for_merging_methods(model, inputs
     segprune.prune_(model, config)
     sequences, step_logits = greedy(model, inputs, steps=4)
     kept = segprune.stats(model).kept_indices
-    mask = torch.cat([inputs["attention_mask"], torch.ones(2, 4, dtype=torch.long)], dim=1)
-    full = model(
-        input_ids=sequences,
-        attention_mask=mask,
-        pixel_values=inputs["pixel_values"],
-        position_ids=position_ids_of(mask),
-        use_cache=False,
-    ).logits
-    prompt = inputs["input_ids"].shape[1]
-    assert (full[:, prompt - 1 : prompt + 3] - step_logits).abs().max() <= 1e-4
+    assert (uncached_step_logits(model, inputs, sequences, steps=4) - step_logits).abs().max() <= 1e-4
     for layer, indices in enumerate(segprune.stats(model).kept_indices):
         assert torch.equal(indices, kept[layer])
 
