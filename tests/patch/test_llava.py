@@ -308,3 +308,52 @@ def test_decode_without_position_ids_continues_from_unpruned_length(model):
         input_ids=torch.cat([inputs["input_ids"], next_token], dim=1), pixel_values=inputs["pixel_values"]
     ).logits[:, -1]
     assert (step - full).abs().max() <= 1e-4
+
+
+class HostSyncCounter:
+    """Counts the tensor-to-Python conversions (host synchronisations on CUDA) made while active."""
+
+    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+    def __init__(self, monkeypatch):
+        self.active = False
+        self.calls: list[str] = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, _name=name, **kwargs):
+                if self.active:
+                    self.calls.append(_name)
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        original_nonzero = torch.nonzero
+
+        def nonzero(*args, **kwargs):
+            if self.active:
+                self.calls.append("nonzero")
+            return original_nonzero(*args, **kwargs)
+
+        monkeypatch.setattr(torch, "nonzero", nonzero)
+
+
+# Methods whose whole prefill inside the language model needs one host sync (the prologue that
+# reads N): selection, scoring and merging stay on the device. VisionZip and PruMerge+ are not
+# listed: their token-spreading step reads counts on the host.
+SYNC_FREE = ("fastv", "pdrop", "altp", "csp")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", SYNC_FREE)
+def test_prefill_has_one_host_sync(model, inputs, name, monkeypatch):
+    segprune.prune_(model, EXAMPLES[name])
+    counter = HostSyncCounter(monkeypatch)
+    lm = model.model.language_model
+    hooks = [
+        lm.register_forward_pre_hook(lambda *a: setattr(counter, "active", True)),
+        lm.register_forward_hook(lambda *a: setattr(counter, "active", False)),
+    ]
+    model(**inputs)
+    for hook in hooks:
+        hook.remove()
+    assert counter.calls == ["tolist"], counter.calls

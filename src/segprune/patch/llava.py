@@ -207,22 +207,13 @@ class LlavaAdapter:
         image_mask = pending["image_mask"] if pending else None
         if image_mask is not None and image_mask.shape != (batch, length):
             image_mask = None
-        n_image = 0
-        if image_mask is not None:
-            counts = image_mask.sum(dim=1)
-            n_image = int(counts[0])
-            if bool((counts != n_image).any()):
-                raise ValueError(
-                    "every sample must hold the same number of image tokens for exact budgets; "
-                    f"got {counts.tolist()}"
-                )
+        n_image, padded = self._prologue(image_mask, valid)
+        if not padded:
+            valid = None
         seq = torch.arange(length, device=device).expand(batch, length).contiguous()
         if position_ids is None:
             position_ids = seq
         cos, sin = self._rope(embeds, position_ids)
-        padded = valid is not None and not bool(valid.all())
-        if not padded:
-            valid = None
         plan = self.config.plan(n_image, self.n_layers) if n_image else None
         state = ForwardState(plan=plan, cache=cache if use_cache else None, seq_len=length, padded=padded)
         self.state = state
@@ -294,6 +285,33 @@ class LlavaAdapter:
         if all_hidden is not None:
             all_hidden.append(hidden)
         return hidden, all_hidden
+
+    @staticmethod
+    def _prologue(image_mask: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[int, bool]:
+        """Return (image tokens per sample, whether there is padding), checking the counts agree.
+
+        This is the prefill's one host synchronisation: the plan's shapes depend on N. Everything
+        after it, through every decoder layer and selection step, stays on the device.
+        """
+        facts = []
+        if image_mask is not None:
+            counts = image_mask.sum(dim=1)
+            facts += [counts.min(), counts.max()]
+        if valid is not None:
+            facts.append((~valid).any().long())
+        if not facts:
+            return 0, False
+        values = torch.stack(facts).tolist()
+        padded = bool(values[-1]) if valid is not None else False
+        if image_mask is None:
+            return 0, padded
+        low, high = values[0], values[1]
+        if low != high:
+            raise ValueError(
+                "every sample must hold the same number of image tokens for exact budgets; "
+                f"got {image_mask.sum(dim=1).tolist()}"
+            )
+        return int(low), padded
 
     def _context(self, n_image: int, pending: dict[str, Any], device: torch.device) -> SelectContext:
         """Collect what selectors may read for this prefill."""
