@@ -1,25 +1,11 @@
-"""Pixel labels and instance masks to per-token labels, checked by hand."""
+"""Instance masks to per-token instance ids, checked by hand."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from segprune.methods.regions import majority_labels, masks_to_token_ids
-
-
-def test_majority_labels_by_hand():
-    # A 4x4 image, 2x2 grid of 2x2 patches. Patch (0,0): three 1s and one 0 -> 1. Patch (0,1): two 0s,
-    # two 2s -> tie -> the lower label, 0. Patch (1,0): all 2 -> 2. Patch (1,1): three 0s -> 0.
-    labels = torch.tensor(
-        [
-            [1, 1, 0, 2],
-            [1, 0, 0, 2],
-            [2, 2, 0, 0],
-            [2, 2, 1, 0],
-        ]
-    )[None]
-    assert majority_labels(labels, (2, 2), 3).tolist() == [[1, 0, 2, 0]]
+from segprune.methods.regions import masks_to_token_ids
 
 
 def test_masks_to_token_ids():
@@ -31,5 +17,5 @@ def test_masks_to_token_ids():
     # Overlap: the lower instance index wins the pixel.
     both = torch.ones(1, 2, 4, 4, dtype=torch.bool)
     assert masks_to_token_ids(both, (2, 2)).tolist() == [[0, 0, 0, 0]]
-    with pytest.raises(ValueError, match="do not divide"):
+    with pytest.raises(ValueError, match="does not divide"):
         masks_to_token_ids(torch.ones(1, 1, 5, 4, dtype=torch.bool), (2, 2))

@@ -50,7 +50,7 @@ class ALTPSelector:
         return live.gather(1, chosen)
 
     def regions(self, context: SelectContext) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """Return `(labels (batch, N), an upper bound on the labels, images (batch, 3, H, W) in [0, 1])`."""
+        """Return `(labels (batch, N), a bound above every label, images (batch, 3, H, W) in [0, 1])`."""
         images = self.pixels(context)
         if self.superpixels == "grid":
             labels = grid_slic(images, context.grid, self.n_regions, self.compactness, self.sigma)
