@@ -12,9 +12,13 @@ from segprune.methods.plan import Keep, Reactivate, SelectContext, TokenPlan
 
 @dataclass(frozen=True, eq=False)
 class Fixed:
-    """A selector that returns given `(batch, count)` image-token indices."""
+    """A selector that returns given `(batch, count)` image-token indices.
+
+    `check` verifies the indices are live (a host sync); benchmarks of plain index dropping turn it off.
+    """
 
     indices: torch.Tensor
+    check: bool = True
 
     def __call__(
         self, scores: torch.Tensor | None, live: torch.Tensor, count: int, context: SelectContext
@@ -24,7 +28,7 @@ class Fixed:
             raise ValueError(
                 f"recorded indices have shape {tuple(indices.shape)}, expected {(live.shape[0], count)}"
             )
-        if not bool(torch.isin(indices, live).all()):
+        if self.check and not bool(torch.isin(indices, live).all()):
             raise ValueError("recorded indices include tokens that are not live at this layer")
         return indices
 
@@ -39,15 +43,16 @@ class ReplayConfig(MethodConfig):
 
     name = "replay"
     kept: tuple[torch.Tensor, ...] = field(default=())
+    check: bool = True
 
     def validate(self) -> None:
         if not self.kept:
             raise ValueError("ReplayConfig.kept must hold one (batch, n_live) tensor per decoder layer")
 
     @classmethod
-    def from_stats(cls, stats) -> ReplayConfig:
-        """Replay the live sets of the forward `stats` describes."""
-        return cls(kept=tuple(k.detach().clone() for k in stats.kept_indices))
+    def from_stats(cls, stats, check: bool = True) -> ReplayConfig:
+        """Replay the live sets of the forward `stats` describes (`check=False`: trust them, no sync)."""
+        return cls(kept=tuple(k.detach().clone() for k in stats.kept_indices), check=check)
 
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
         if len(self.kept) != n_layers:
@@ -60,10 +65,10 @@ class ReplayConfig(MethodConfig):
             full = kept.shape[1] == n_image
             if previous is None:
                 if not full:
-                    steps.append(Keep(layer, kept.shape[1], Fixed(kept)))
+                    steps.append(Keep(layer, kept.shape[1], Fixed(kept, self.check)))
             elif full and previous.shape[1] < n_image:
                 steps.append(Reactivate(layer))
             elif not torch.equal(kept, previous):
-                steps.append(Keep(layer, kept.shape[1], Fixed(kept)))
+                steps.append(Keep(layer, kept.shape[1], Fixed(kept, self.check)))
             previous = kept
         return TokenPlan(n_image, n_layers, tuple(steps))

@@ -1,0 +1,76 @@
+"""The benchmark harness: preset architectures, rows, KV-cache accounting (timings are not asserted)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segprune import bench
+
+
+@pytest.mark.parametrize(
+    ("preset", "billions", "image_tokens", "layers"),
+    [
+        ("llava-1.5-7b-224", 7.06, 256, 32),
+        ("llava-1.5-7b-336", 7.06, 576, 32),
+        ("llava-1.5-13b-224", 13.35, 256, 40),
+    ],
+)
+def test_presets_have_the_real_sizes(preset, billions, image_tokens, layers):
+    from transformers import LlavaForConditionalGeneration
+
+    config = bench.llava_config(preset)
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    assert abs(params - billions) < 0.05, params
+    assert config.image_seq_length == image_tokens
+    assert config.text_config.num_hidden_layers == layers
+    with pytest.raises(ValueError, match="unknown preset 'llava-2'"):
+        bench.llava_config("llava-2")
+
+
+def test_run_gives_method_ideal_and_eager_rows():
+    rows = bench.run(
+        "tiny",
+        ["fastv"],
+        [0.75],
+        [2],
+        device="cpu",
+        dtype=torch.float32,
+        repeats=1,
+        warmup=0,
+        decode_tokens=1,
+        progress=lambda _: None,
+    )
+    assert [r.kind for r in rows] == ["unpruned", "method", "ideal", "eager"]
+    unpruned, method, ideal, eager = rows
+    assert unpruned.n_avg == 64
+    assert method.n_avg == ideal.n_avg == eager.n_avg < 64 * 0.3
+    assert method.config["method"] == "fastv" and ideal.config is None
+    # KV cache: 16 layers, 2 samples, 2 KV heads x 8 dims, keys and values, fp32; per layer the text
+    # tokens (62) plus that layer's live image tokens.
+    live = method.n_avg * 16
+    expected = 2 * 2 * 2 * 8 * 4 * (62 * 16 + live)
+    assert method.kv_cache_mb * 2**20 == pytest.approx(expected)
+    assert unpruned.kv_cache_mb > method.kv_cache_mb
+    table = bench.markdown(rows)
+    assert table.count("\n") == 5 and "| 2 | 75% | fastv | ideal |" in table
+
+
+def test_unreachable_reductions_are_skipped_with_a_reason():
+    messages = []
+    rows = bench.run(
+        "tiny",
+        ["pdrop"],
+        [0.9],
+        [1],
+        device="cpu",
+        dtype=torch.float32,
+        repeats=1,
+        warmup=0,
+        decode_tokens=0,
+        progress=messages.append,
+    )
+    assert [r.kind for r in rows] == ["unpruned"]
+    assert any("pdrop cannot reach" in m for m in messages)
