@@ -1,0 +1,199 @@
+"""One budget axis for every method: a target image-token reduction mapped to each method's fields.
+
+A reduction r means N_avg = (1 - r) * N: the live image tokens averaged over decoder layers (CSP
+Eq. 9), the axis CSP's Table 6 compares methods on. Equal r therefore means roughly equal decoder
+cost whatever the schedule. Counts are integers, so a target is hit to within one token step; a
+target no schedule of the method's form can reach in the given decoder raises `ValueError`.
+
+| method | schedule kept | solved for |
+| --- | --- | --- |
+| fastv, altp | drop at K = 2 of 32 layers, scaled to depth (at least 1) | the kept count |
+| pdrop | stages at 1/4, 1/2, 3/4 of depth | the per-stage ratio |
+| csp | (Lc, Nc, Ls, Np), the layer split closest to CSP Table 6 (7B-336) | Nc or Np |
+| visionzip | dominant : contextual = 54 : 10 (VisionZip's 64-token setting) | the total count |
+| prumerge | PruMerge+ | the total count |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from segprune import flops
+from segprune.methods import METHODS, MethodConfig
+from segprune.methods.csp import TABLE6
+from segprune.methods.fastv import keep_count, round_half_up
+
+TOLERANCE = 0.025  # accepted |achieved - target| reduction, or half a token step if that is larger
+EXACT = 0.005  # CSP: any split this close counts as a hit, and the paper-like shape decides
+CSP_REFERENCE = "llava-1.5-7b-336"
+
+
+def achieved_reduction(config: MethodConfig, n_layers: int, n_image: int) -> float:
+    """Return 1 - N_avg / N of `config`'s token plan."""
+    return 1 - flops.n_avg(config.plan(n_image, n_layers).live_counts()) / n_image
+
+
+def config_for(
+    method: str,
+    reduction: float,
+    n_layers: int,
+    n_image: int,
+    *,
+    tolerance: float | None = None,
+    **overrides: Any,
+) -> MethodConfig:
+    """Return `method`'s config whose N_avg is (1 - `reduction`) * `n_image` in an `n_layers` decoder.
+
+    `overrides` set fields the budget does not decide (ALTP's `allocation`, CSP's `cluster` and
+    `score_token`). Raises `ValueError` when no config of the method's form comes within
+    `tolerance` of the target (default: 0.025, or half a token step, 0.5 / N, if larger), naming
+    the closest it found.
+    """
+    if tolerance is None:
+        tolerance = max(TOLERANCE, 0.5 / n_image) + 1e-9
+    if not 0 < reduction < 1:
+        raise ValueError(f"reduction={reduction!r} must lie strictly between 0 and 1")
+    if method not in _RULES:
+        known = sorted(_RULES)
+        raise ValueError(f"no budget rule for method {method!r}; config_for knows {known}")
+    cls = METHODS[method]
+    fields = _RULES[method](reduction, n_layers, n_image)
+    config = cls(**{**fields, **overrides})
+    achieved = achieved_reduction(config, n_layers, n_image)
+    if abs(achieved - reduction) > tolerance:
+        raise ValueError(
+            f"{method} cannot reach an image-token reduction of {reduction:g} with {n_image} image tokens "
+            f"in a {n_layers}-layer decoder (closest: {achieved:.3f}, with {_fields(config, fields)})"
+        )
+    return config
+
+
+def _fields(config: MethodConfig, names: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k in names)
+
+
+def _drop_layer(n_layers: int) -> int:
+    """FastV's and ALTP's K = 2 in LLaVA-1.5's 32 layers, at the same relative depth (at least 1)."""
+    return max(1, min(n_layers - 1, round_half_up(2 * n_layers / 32)))
+
+
+def _one_drop(reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+    layer = _drop_layer(n_layers)
+    # N_avg * L = K * N + (L - K) * kept
+    kept = ((1 - reduction) * n_image * n_layers - layer * n_image) / (n_layers - layer)
+    kept = min(n_image, max(1, round_half_up(kept)))
+    return {"layer": layer, "keep_ratio": _shortest(kept / n_image, lambda r: keep_count(r, n_image) == kept)}
+
+
+def _pdrop(reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+    layers = tuple(sorted({max(1, round_half_up(n_layers * f)) for f in (0.25, 0.5, 0.75)} - {n_layers}))
+    if not layers:
+        raise ValueError(f"pdrop needs at least 2 decoder layers, got {n_layers}")
+    cls = METHODS["pdrop"]
+
+    def live_at(ratio: float) -> list[int]:
+        return cls(layers=layers, ratio=ratio).plan(n_image, n_layers).live_counts()
+
+    def reduction_at(ratio: float) -> float:
+        return 1 - flops.n_avg(live_at(ratio)) / n_image
+
+    # The reduction falls as the ratio grows (in integer steps): bisect, then take the closer side.
+    lo, hi = 1e-9, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if reduction_at(mid) > reduction else (lo, mid)
+    ratio = min((lo, hi), key=lambda r: abs(reduction_at(r) - reduction))
+    live = live_at(ratio)
+    return {"layers": layers, "ratio": _shortest(ratio, lambda r: r <= 1 and live_at(r) == live)}
+
+
+def _csp(reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+    if n_layers < 3:
+        raise ValueError(f"csp needs at least 3 decoder layers (three stages), got {n_layers}")
+    table = TABLE6[CSP_REFERENCE]
+    row = table[min(table, key=lambda r: abs(r - reduction))]
+    ref_dims = flops.preset(CSP_REFERENCE)
+    lc_f, ls_f = row[0] / ref_dims.num_layers, row[2] / ref_dims.num_layers
+    nc_ref = min(n_image, max(1, round_half_up(row[1] / ref_dims.image_tokens * n_image)))
+    np_ref = min(n_image, max(1, round_half_up(row[3] / ref_dims.image_tokens * n_image)))
+    target = (1 - reduction) * n_image * n_layers  # live tokens summed over layers
+
+    def count(x: float) -> int:
+        return min(n_image, max(1, round_half_up(x)))
+
+    best: tuple | None = None
+    for lc in range(1, n_layers - 1):
+        for ls in range(1, n_layers - lc):
+            lp = n_layers - lc - ls
+            rest = target - ls * n_image
+            for nc, np_ in (
+                (nc_ref, count((rest - lc * nc_ref) / lp)),
+                (count((rest - lp * np_ref) / lc), np_ref),
+            ):
+                error = abs(lc * nc + ls * n_image + lp * np_ - target) / (n_image * n_layers)
+                shape = abs(lc / n_layers - lc_f) + abs(ls / n_layers - ls_f)
+                key = (0.0 if error <= EXACT else error, shape, error)
+                if best is None or key < best[0]:
+                    best = (key, lc, nc, ls, np_)
+    _, lc, nc, ls, np_ = best
+    return {"cluster_layers": lc, "cluster_tokens": nc, "scatter_layers": ls, "prune_tokens": np_}
+
+
+def _total(reduction: float, n_image: int) -> int:
+    return min(n_image, max(1, round_half_up((1 - reduction) * n_image)))
+
+
+def _visionzip(reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+    count = _total(reduction, n_image)
+    contextual = round_half_up(count * 10 / 64)
+    return {"dominant": count - contextual, "contextual": contextual}
+
+
+def _prumerge(reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+    count = _total(reduction, n_image)
+    return {"plus": True, "keep_ratio": _shortest(count / n_image, lambda r: keep_count(r, n_image) == count)}
+
+
+def _shortest(value: float, same: Callable[[float], bool]) -> float:
+    """Return the number with the fewest decimals that `same` accepts, near `value` (or `value`).
+
+    Ratios solved from integer counts print as 0.4670138888888889; 0.467 keeps the same counts
+    and reads better in config files and tables.
+    """
+    for digits in range(1, 13):
+        scale = 10**digits
+        for candidate in (
+            round(value * scale) / scale,
+            math.floor(value * scale) / scale,
+            math.ceil(value * scale) / scale,
+        ):
+            if candidate > 0 and same(candidate):
+                return candidate
+    return value
+
+
+_RULES = {
+    "fastv": _one_drop,
+    "altp": _one_drop,
+    "pdrop": _pdrop,
+    "csp": _csp,
+    "visionzip": _visionzip,
+    "prumerge": _prumerge,
+}
+
+
+def variants() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Return the sweep's rows, label -> (method, overrides): ALTP per allocation, CSP per clustering."""
+    from segprune.methods.csp import CLUSTER_MODES
+
+    rows: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name in sorted(METHODS):
+        if name == "altp":
+            rows.update({f"altp-{a}": ("altp", {"allocation": a}) for a in ("ddc", "ddf")})
+        elif name == "csp":
+            rows.update({f"csp-{m}": ("csp", {"cluster": m}) for m in CLUSTER_MODES})
+        else:
+            rows[name] = (name, {})
+    return rows

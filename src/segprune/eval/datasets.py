@@ -1,0 +1,218 @@
+"""What an evaluation reads: a data spec (generated shapes or a data set on disk) and its samples.
+
+A spec is JSON-ready (`to_dict`) so a run directory can record what it evaluated. Samples are
+lazy: the image and the masks are read or generated when a batch needs them, so listing a split
+of thousands of queries costs nothing.
+
+    shapes:SEED:N        N scenes of `generate_split(N, SEED)`: `queries_per_scene` referring
+                         queries each (one per query type in turn), or one GCG caption each
+    PATH --format F      refcoco (root with <dataset>/refs(<split_by>).p), reasonseg (root with
+                         <split>/), grandf (the <split>_gcg_coco_caption_gt.json file)
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segprune.data.scene import QUERY_TYPES, Scene
+
+FORMATS = ("refcoco", "reasonseg", "grandf")
+TASK_SOURCES = {"refseg": ("shapes", "refcoco", "reasonseg"), "gcg": ("shapes", "grandf")}
+SMALL_FRACTION = 0.01  # "small object": the target covers less than 1% of the image
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the samples come from, with every option that changes which samples they are.
+
+    Attributes:
+        source: "shapes" or one of `FORMATS`.
+        seed, scenes: the shapes split (`generate_split(scenes, seed)`).
+        queries_per_scene: referring queries taken from each shapes scene.
+        path: the data set's root (refcoco, reasonseg) or caption JSON (grandf), absolute.
+        dataset, split, split_by, image_dir, mask_json, all_texts: the loaders' options.
+        limit: keep only the first `limit` samples (None: all).
+    """
+
+    source: str
+    seed: int | None = None
+    scenes: int | None = None
+    queries_per_scene: int = 4
+    path: str | None = None
+    dataset: str = "refcoco"
+    split: str = "val"
+    split_by: str = "unc"
+    image_dir: str | None = None
+    mask_json: str | None = None
+    all_texts: bool = False
+    limit: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields that matter for this source, JSON-ready."""
+        keep = {
+            "shapes": ("seed", "scenes", "queries_per_scene"),
+            "refcoco": ("path", "dataset", "split", "split_by", "image_dir"),
+            "reasonseg": ("path", "split", "all_texts"),
+            "grandf": ("path", "image_dir", "mask_json"),
+        }[self.source]
+        data = asdict(self)
+        return {"source": self.source, **{k: data[k] for k in keep}, "limit": self.limit}
+
+
+def parse_data(text: str, fmt: str | None = None, **options: Any) -> DataSpec:
+    """Parse `shapes:SEED:N`, or a path read with `fmt` and the loaders' `options`, into a `DataSpec`."""
+    options = {k: v for k, v in options.items() if v is not None}
+    match = re.fullmatch(r"shapes:(\d+):(\d+)", text)
+    if match:
+        if fmt is not None:
+            raise ValueError(f"--format {fmt} does not apply to generated data {text!r}")
+        seed, scenes = int(match[1]), int(match[2])
+        if scenes < 1:
+            raise ValueError(f"{text!r} asks for no scenes; use shapes:SEED:N with N >= 1")
+        return DataSpec("shapes", seed=seed, scenes=scenes, **options)
+    if text.startswith("shapes"):
+        raise ValueError(f"data {text!r} is not of the form shapes:SEED:N (two integers)")
+    if fmt not in FORMATS:
+        raise ValueError(f"data {text!r} is a path: give --format, one of {list(FORMATS)}")
+    if not Path(text).exists():
+        raise ValueError(f"data path {text!r} does not exist")
+    for key in ("image_dir", "mask_json"):
+        if key in options:
+            options[key] = str(Path(options[key]).resolve())
+    return DataSpec(fmt, path=str(Path(text).resolve()), **options)
+
+
+@dataclass(frozen=True)
+class RefItem:
+    """One referring query, loaded on demand: `load()` gives (image, query, target, ignore, tags)."""
+
+    sample_id: str
+    load: Callable[[], tuple[np.ndarray, str, np.ndarray, np.ndarray | None, list[str]]]
+
+
+@dataclass(frozen=True)
+class GCGItem:
+    """One image to caption, loaded on demand: `load()` gives (image, reference `GCGAnnotation`)."""
+
+    sample_id: str
+    load: Callable[[], tuple[np.ndarray, Any]]
+
+
+def load_items(spec: DataSpec, task: str) -> Sequence[RefItem] | Sequence[GCGItem]:
+    """Return the samples of `spec` for `task` ("refseg" or "gcg"), in a fixed order."""
+    if spec.source not in TASK_SOURCES[task]:
+        raise ValueError(
+            f"task {task!r} cannot read {spec.source!r} data; valid sources: {list(TASK_SOURCES[task])}"
+        )
+    if spec.source == "shapes":
+        if task == "refseg":
+            items = [
+                RefItem(f"shapes-{spec.seed}-{i:06d}/q{k}", functools.partial(_shapes_query, spec, i, k))
+                for i in range(spec.scenes)
+                for k in range(spec.queries_per_scene)
+            ]
+        else:
+            items = [
+                GCGItem(f"shapes-{spec.seed}-{i:06d}", functools.partial(_shapes_caption, spec, i))
+                for i in range(spec.scenes)
+            ]
+    else:
+        from segprune.data import formats
+
+        if spec.source == "refcoco":
+            samples = formats.load_refcoco(spec.path, spec.dataset, spec.split, spec.split_by, spec.image_dir)
+        elif spec.source == "reasonseg":
+            samples = formats.load_reasonseg(spec.path, spec.split, spec.all_texts)
+        else:
+            image_root = spec.image_dir or Path(spec.path).parents[2] / formats.GRANDF_IMAGE_DIR
+            samples = formats.load_grandf(spec.path, image_root, spec.mask_json)
+        make = _file_query if task == "refseg" else _file_caption
+        item = RefItem if task == "refseg" else GCGItem
+        items = [item(s.sample_id, functools.partial(make, s)) for s in samples]
+    ids = [item.sample_id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{spec.source} data repeats a sample id; results could not be resumed by id")
+    return items if spec.limit is None else items[: spec.limit]
+
+
+# -- shapes ----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)  # a batch holds consecutive queries of a few scenes
+def _scene(seed: int, index: int) -> Scene:
+    from segprune.data.shapes import generate_split
+
+    return generate_split(index + 1, seed)[index]
+
+
+def pick_queries(scene: Scene, count: int, rng: np.random.Generator) -> list:
+    """Pick `count` of a scene's queries, one per query type in turn, so no type dominates.
+
+    Spatial queries are 59% of all queries; taking them in turn with the other types gives each
+    type its share. Within a type the order is random; a scene short of queries repeats the cycle.
+    """
+    by_type = {t: [q for q in scene.queries if q.type == t] for t in QUERY_TYPES}
+    for queries in by_type.values():
+        rng.shuffle(queries)
+    order = [q for round_ in itertools.zip_longest(*by_type.values()) for q in round_ if q is not None]
+    if not order:
+        raise ValueError(f"scene {scene.scene_id} has no referring query")
+    return [order[k % len(order)] for k in range(count)]
+
+
+def _shapes_query(spec: DataSpec, index: int, k: int):
+    scene = _scene(spec.seed, index)
+    rng = np.random.default_rng([spec.seed, index, 1])  # the choice depends on the scene alone
+    query = pick_queries(scene, spec.queries_per_scene, rng)[k]
+    tags = [f"type:{query.type}"] + (["small"] if _is_small(query.mask) else [])
+    return scene.image, query.text, query.mask, None, tags
+
+
+def _shapes_caption(spec: DataSpec, index: int):
+    from segprune.eval.metrics import GCGAnnotation
+
+    scene = _scene(spec.seed, index)
+    phrases = scene.caption.phrases
+    reference = GCGAnnotation(
+        scene.scene_id, scene.caption.text, [p.text for p in phrases], [p.mask for p in phrases]
+    )
+    return scene.image, reference
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _file_query(sample):
+    target = sample.mask
+    tags = ["small"] if _is_small(target) else []
+    if "type" in sample.tags:  # RefCOCO files written from shapes data
+        tags.insert(0, f"type:{sample.tags['type']}")
+    elif "is_sentence" in sample.tags:  # ReasonSeg: LISA reports short and long queries apart
+        tags.insert(0, "type:sentence" if sample.tags["is_sentence"] else "type:phrase")
+    return _read_image(sample.image_path), sample.query, target, sample.ignore, tags
+
+
+def _file_caption(sample):
+    from segprune.eval.metrics import GCGAnnotation
+
+    reference = GCGAnnotation(sample.sample_id, sample.caption, sample.phrases, sample.masks)
+    return _read_image(sample.image_path), reference
+
+
+def _is_small(mask: np.ndarray) -> bool:
+    return bool(np.count_nonzero(mask) < SMALL_FRACTION * mask.size)

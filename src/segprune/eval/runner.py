@@ -1,0 +1,414 @@
+"""The evaluation runner: batches, per-sample JSONL records, resume, sharding, and the summary.
+
+    model = load_model("tiny-random")
+    spec = EvalSpec("refseg", parse_data("shapes:0:50"), "tiny-random", FastVConfig(layer=1, keep_ratio=0.25))
+    summary = evaluate(model, spec, "runs/fastv")
+
+A run directory holds `config.json` (what is evaluated, written first), one JSONL file of records
+per process (`samples.jsonl`, or `samples.rank{r}.jsonl` under torchrun) and `summary.json`.
+Records are appended and fsynced batch by batch, so a run stopped at any point resumes where it
+stopped: samples already recorded are skipped, a cut-off last line is dropped and recomputed.
+
+Batches are fixed by position in the data (batch k holds samples k*B .. k*B+B-1) and a rank takes
+the batches k with k % world_size == rank. A sample's result therefore never depends on how many
+processes ran, or on whether the run was interrupted: its batch always holds the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from segprune import flops
+from segprune.eval import cost, tasks
+from segprune.eval.datasets import TASK_SOURCES, DataSpec, load_items
+from segprune.methods import MethodConfig
+
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+MODELS = ("tiny", "tiny-random")
+
+
+class ConfigMismatchError(ValueError):
+    """A run directory already holds a run of another configuration."""
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What one run evaluates; its `to_dict()` (plus the model's dtype) identifies the run directory.
+
+    Attributes:
+        task: "refseg" (LISA protocol) or "gcg" (GLaMM protocol).
+        data: the samples.
+        model: "tiny", "tiny-random" or the path of a saved `SegModel` (as `load_model` takes it).
+        method: the pruning config, or None for the unpruned model.
+        batch_size: samples per forward. Part of the identity: padding and per-batch random draws
+            (CSP random / Seg-First) make a sample's result depend on its batch.
+        max_new_tokens: the generation limit of gcg.
+    """
+
+    task: str
+    data: DataSpec
+    model: str
+    method: MethodConfig | None = None
+    batch_size: int = 8
+    max_new_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if self.task not in tasks.TASKS:
+            raise ValueError(f"task {self.task!r} is not valid; choose one of {list(tasks.TASKS)}")
+        if self.data.source not in TASK_SOURCES[self.task]:
+            valid = list(TASK_SOURCES[self.task])
+            raise ValueError(
+                f"task {self.task!r} cannot read {self.data.source!r} data; valid sources: {valid}"
+            )
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"batch_size={self.batch_size} and max_new_tokens={self.max_new_tokens} must be >= 1"
+            )
+        if self.task == "gcg" and getattr(self.method, "score_token", None) == "seg":
+            # GCG's prompt holds no [SEG]: CSP would have no scoring token to rank by.
+            raise ValueError(f"{type(self.method).__name__}.score_token='seg' cannot run gcg; use 'last'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the run's identity, JSON-ready."""
+        out = {
+            "task": self.task,
+            "model": model_id(self.model),
+            "data": self.data.to_dict(),
+            "method": None if self.method is None else self.method.to_dict(),
+            "batch_size": self.batch_size,
+        }
+        if self.task == "gcg":
+            out["max_new_tokens"] = self.max_new_tokens
+        return out
+
+
+def model_id(name: str) -> str:
+    """Return how a run records its model: the name of a built-in one, else the absolute path."""
+    return name if name in MODELS else str(Path(name).resolve())
+
+
+def load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Any:
+    """Load "tiny" (the bundled trained model), "tiny-random" (`tiny_seg_model()`) or a saved `SegModel`."""
+    import torch
+
+    from segprune import models
+
+    if name == "tiny-random":
+        model = models.tiny_seg_model()
+    elif name == "tiny":
+        try:
+            from segprune.models.tiny import tiny
+        except ImportError:
+            tiny = None
+        if not callable(tiny):
+            raise ValueError(
+                "this install has no bundled tiny model (segprune.models.tiny); "
+                "use --model tiny-random or the path of a saved SegModel"
+            )
+        try:
+            model = tiny()
+        except FileNotFoundError as err:  # the module is there, its weights are not (yet)
+            raise ValueError(str(err)) from None
+    else:
+        if not Path(name).is_dir():
+            raise ValueError(f"model {name!r} is neither {' nor '.join(MODELS)} nor a SegModel directory")
+        model = models.SegModel.from_pretrained(name)
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
+    return model.to(device).eval()
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+def distributed() -> tuple[int, int]:
+    """Return (rank, world size); under torchrun, join the process group (gloo) on first call.
+
+    gloo serves only barriers here (no tensor is exchanged), so it works for CPU and GPU runs alike.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        # Ranks wait for each other at the end of a run; shards can finish far apart on long runs.
+        dist.init_process_group("gloo", timeout=timedelta(hours=12))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank_device(device: str) -> str:
+    """Return the device of this process: under torchrun, "cuda" means the rank's local GPU."""
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Return the records of a JSONL file and the byte length of its intact part.
+
+    A last line without its newline, or one that does not parse, is the one a killed run was
+    writing: it is left out. Any other line that does not parse is an error.
+    """
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    records, good, start = [], 0, 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        if end < 0:
+            break  # cut off before its newline
+        line = data[start:end]
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if data[end + 1 :].strip():
+                    number = data.count(b"\n", 0, start) + 1
+                    raise ValueError(f"{path}: line {number} is not JSON") from None
+                break
+        start = good = end + 1
+    return records, good
+
+
+def record_files(out: Path) -> list[Path]:
+    """Return the JSONL files of a run directory, one per process that wrote records."""
+    return sorted(out.glob("samples*.jsonl"))
+
+
+def _own_file(out: Path, rank: int, world: int) -> Path:
+    return out / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")
+
+
+def _claim(out: Path, config: dict[str, Any]) -> None:
+    """Record `config` in a new run directory, or check it against the directory's own."""
+    path = out / CONFIG
+    if path.exists():
+        stored = json.loads(path.read_text())
+        differences = _differences(stored, config)
+        if differences:
+            raise ConfigMismatchError(
+                f"{out} holds a run with another configuration ({'; '.join(differences)}); "
+                "use another --out directory, or remove this one to start over"
+            )
+        return
+    if record_files(out) or (out / SUMMARY).exists():
+        raise ConfigMismatchError(f"{out} holds results but no {CONFIG}; use another --out directory")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _differences(stored: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(stored, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(stored) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out += _differences(stored.get(key, "<absent>"), new.get(key, "<absent>"), name)
+        return out
+    if stored != new:
+        return [f"{prefix or 'config'}: {json.dumps(stored)} there, {json.dumps(new)} now"]
+    return []
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+class PrefillProbe:
+    """Count each sample's text and image tokens in the prefills of the LLaVA inside a model."""
+
+    def __init__(self, model: Any) -> None:
+        from segprune.patch.llava import find_llava
+
+        self.llava = find_llava(model)
+        self.text_tokens: list[int] = []
+        self.image_tokens: list[int] = []
+
+    def __enter__(self) -> PrefillProbe:
+        self._handle = self.llava.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return
+        image = (ids == self.llava.config.image_token_id).sum(dim=1)
+        if not bool(image.any()):
+            return  # a decode step (generate may pass precomputed image features, not pixels)
+        mask = kwargs.get("attention_mask")  # None when nothing is padded
+        total = mask.sum(dim=1) if mask is not None else ids.new_full(image.shape, ids.shape[1])
+        self.text_tokens, self.image_tokens = (total - image).tolist(), image.tolist()
+
+
+def llava_config(model: Any) -> Any:
+    """Return the `LlavaConfig` of the LLaVA inside `model`."""
+    from segprune.patch.llava import find_llava
+
+    return find_llava(model).config
+
+
+def _live(model: Any, pruned: bool, probe: PrefillProbe, n_layers: int) -> list[list[int]]:
+    """Live image tokens per layer for each sample of the last prefill."""
+    if not pruned:
+        return [[n] * n_layers for n in probe.image_tokens]
+    from segprune import stats
+
+    return stats(model).live_tokens.t().tolist()
+
+
+def _batches_to_run(items: list, size: int, rank: int, world: int, done: set[str]) -> list[tuple[int, range]]:
+    """Return (k, sample indices) of this rank's batches that still hold a sample not recorded."""
+    batches = [
+        (k, range(start, min(start + size, len(items)))) for k, start in enumerate(range(0, len(items), size))
+    ]
+    return [
+        (k, b) for k, b in batches if k % world == rank and any(items[i].sample_id not in done for i in b)
+    ]
+
+
+def evaluate(
+    model: Any,
+    spec: EvalSpec,
+    out_dir: str | Path,
+    *,
+    captions: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any] | None:
+    """Run `spec` on `model` into `out_dir`, resuming what is there; return the summary (rank 0).
+
+    The model is pruned with `spec.method` (or left unpruned) for the run and unpruned after it.
+    `captions` adds METEOR and CIDEr to gcg (needs Java). `on_batch(n)` is called after the n-th
+    batch of this call is on disk (tests stop runs with it). Under torchrun every rank calls this
+    with the same arguments; rank 0 merges the records and returns the summary, the others None.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from segprune import prune_, unprune
+
+    rank, world = distributed()
+    out = Path(out_dir)
+    items = load_items(spec.data, spec.task)  # before anything is written: bad data leaves no directory
+    config = {**spec.to_dict(), "dtype": str(model.dtype).removeprefix("torch.")}
+    if rank == 0:
+        _claim(out, config)
+    _barrier(world)
+    if rank != 0:
+        _claim(out, config)
+    done = {r["id"] for path in record_files(out) for r in read_records(path)[0]}
+    own = _own_file(out, rank, world)
+    _, intact = read_records(own)
+    if own.exists() and own.stat().st_size > intact:
+        os.truncate(own, intact)  # drop the cut-off line before appending after it
+    todo = _batches_to_run(items, spec.batch_size, rank, world, done)
+    device = next(model.parameters()).device
+    n_layers = llava_config(model).text_config.num_hidden_layers
+    if spec.method is not None:
+        prune_(model, spec.method)
+    else:
+        unprune(model)
+    bar = tqdm(
+        total=sum(items[i].sample_id not in done for _, b in todo for i in b),
+        disable=not progress or rank != 0,
+        unit="sample",
+        desc=f"{spec.task} {spec.method.name if spec.method else 'unpruned'}",
+    )
+    try:
+        with open(own, "a") as f, PrefillProbe(model) as probe:
+            for n, (k, indices) in enumerate(todo):
+                loaded = [items[i].load() for i in indices]
+                ids = [items[i].sample_id for i in indices]
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                outputs = tasks.predict(model, spec.task, loaded, max_new_tokens=spec.max_new_tokens)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds = time.perf_counter() - start
+                live = _live(model, spec.method is not None, probe, n_layers)
+                batch = {
+                    "index": k,
+                    "size": len(indices),
+                    "seconds": seconds,
+                    "warmup": n == 0,
+                    "device": str(device),
+                }
+                lines = []
+                for j, record in enumerate(tasks.score(spec.task, ids, loaded, outputs)):
+                    if record["id"] in done:
+                        continue  # recorded before an interruption cut this batch short
+                    extra = {
+                        "image_tokens": probe.image_tokens[j],
+                        "live": live[j],
+                        "text_tokens": probe.text_tokens[j],
+                        "batch": batch,
+                    }
+                    lines.append(json.dumps({"index": indices[j], **record, **extra}) + "\n")
+                f.write("".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+                bar.update(len(lines))
+                if on_batch is not None:
+                    on_batch(n + 1)
+    finally:
+        bar.close()
+        unprune(model)
+    _barrier(world)
+    if rank != 0:
+        return None
+    summary = summarize(out, spec.task, model, n_items=len(items), captions=captions)
+    summary["environment"]["world_size"] = world
+    tmp = out / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out / SUMMARY)
+    return summary
+
+
+def merged_records(out: Path) -> list[dict[str, Any]]:
+    """Return the records of every process of a run, in data order; a sample recorded twice is an error."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in record_files(out):
+        for record in read_records(path)[0]:
+            if record["id"] in records:
+                raise ValueError(f"sample {record['id']!r} is recorded twice in {out}")
+            records[record["id"]] = record
+    return sorted(records.values(), key=lambda r: r["index"])
+
+
+def summarize(out: Path, task: str, model: Any, *, n_items: int, captions: bool = False) -> dict[str, Any]:
+    """Return the summary of a run directory from its records: accuracy, cost, latency, environment."""
+    records = merged_records(out)
+    config = llava_config(model)
+    n_image = max((r["image_tokens"] for r in records), default=config.image_seq_length)
+    dims = flops.ModelDims.from_config(config, n_image)
+    return {
+        "config": json.loads((out / CONFIG).read_text()),
+        "samples": {"done": len(records), "total": n_items, "complete": len(records) == n_items},
+        "accuracy": tasks.accuracy(task, records, captions=captions),
+        "cost": cost.cost_summary(records, dims),
+        "latency": cost.latency_summary(records),
+        "environment": cost.environment(next(model.parameters()).device),
+    }

@@ -1,0 +1,216 @@
+"""`segprune sweep`: every method at every budget through `evaluate`, then a table and a plot.
+
+    OUT/<task>/<label>/<reduction>/   one resumable run directory per cell ("unpruned/dense" too)
+    OUT/sweep.json                    the cells, with their configs or why they were skipped
+    OUT/table.md                      method, reduction, N_avg, TFLOPs, refseg and GCG accuracy
+    OUT/plot.png                      accuracy against TFLOPs (7B-336 equivalent), one panel per task
+
+Budgets come from `config_for` (N_avg reduction, see `budgets.py`); a cell the method cannot
+reach at the model's depth is skipped and listed under the table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segprune.eval.budgets import config_for, variants
+from segprune.eval.cost import SCALED_PRESET
+from segprune.eval.datasets import TASK_SOURCES, DataSpec
+from segprune.eval.runner import EvalSpec, distributed, evaluate, llava_config
+from segprune.methods import MethodConfig
+
+__all__ = ["Cell", "config_for", "plan_sweep", "run_sweep", "write_plot", "write_table"]
+
+REDUCTIONS = (0.5, 0.75, 0.9)
+UNPRUNED = "unpruned"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the sweep: a task, a method variant at a reduction, and its config or why not."""
+
+    task: str
+    label: str
+    reduction: float | None  # None: the unpruned model
+    config: MethodConfig | None
+    skipped: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The cell's directory below OUT."""
+        return f"{self.task}/{self.label}/{'dense' if self.reduction is None else f'{self.reduction:g}'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the cell, JSON-ready."""
+        config = None if self.config is None else self.config.to_dict()
+        return {**{k: getattr(self, k) for k in ("task", "label", "reduction", "skipped")}, "config": config}
+
+
+def select_labels(names: Sequence[str] | None) -> list[str]:
+    """Return sweep rows for names that are row labels ("altp-ddc") or methods ("altp": every variant)."""
+    rows = variants()
+    if not names:
+        return list(rows)
+    out: list[str] = []
+    for name in names:
+        matched = [label for label, (method, _) in rows.items() if name in (label, method)]
+        if not matched:
+            raise ValueError(
+                f"unknown sweep method {name!r}; valid: {sorted({*rows, *(m for m, _ in rows.values())})}"
+            )
+        out += [label for label in matched if label not in out]
+    return out
+
+
+def plan_sweep(
+    tasks: Sequence[str], labels: Sequence[str], reductions: Sequence[float], n_layers: int, n_image: int
+) -> list[Cell]:
+    """Return the sweep's cells: per task the unpruned model, then every label at every reduction."""
+    rows = variants()
+    cells = []
+    for task in tasks:
+        cells.append(Cell(task, UNPRUNED, None, None))
+        for label in labels:
+            method, overrides = rows[label]
+            if method == "csp" and task == "gcg":
+                overrides = {**overrides, "score_token": "last"}  # GCG's prompt holds no [SEG]
+            for reduction in reductions:
+                try:
+                    config = config_for(method, reduction, n_layers, n_image, **overrides)
+                    cells.append(Cell(task, label, reduction, config))
+                except ValueError as err:
+                    cells.append(Cell(task, label, reduction, None, skipped=str(err)))
+    return cells
+
+
+def run_sweep(
+    model: Any,
+    model_name: str,
+    data: DataSpec,
+    out_dir: str | Path,
+    *,
+    tasks: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    reductions: Sequence[float] = REDUCTIONS,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    captions: bool = False,
+    progress: bool = True,
+) -> list[Cell]:
+    """Evaluate every cell (resuming each), then write sweep.json, table.md and plot.png (rank 0)."""
+    out = Path(out_dir)
+    tasks = list(tasks) if tasks else [t for t, sources in TASK_SOURCES.items() if data.source in sources]
+    config = llava_config(model)
+    cells = plan_sweep(
+        tasks,
+        select_labels(methods),
+        reductions,
+        config.text_config.num_hidden_layers,
+        config.image_seq_length,
+    )
+    for cell in cells:
+        if cell.skipped is None:
+            spec = EvalSpec(cell.task, data, model_name, cell.config, batch_size, max_new_tokens)
+            evaluate(model, spec, out / cell.name, captions=captions, progress=progress)
+    if distributed()[0] == 0:
+        (out / "sweep.json").write_text(json.dumps([c.to_dict() for c in cells], indent=2) + "\n")
+        write_table(out, cells)
+        write_plot(out, cells)
+    return cells
+
+
+def _summary(out: Path, cell: Cell) -> dict[str, Any] | None:
+    path = out / cell.name / "summary.json"
+    return json.loads(path.read_text()) if cell.skipped is None and path.exists() else None
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None or value != value else f"{100 * value:.1f}"
+
+
+def write_table(out: Path, cells: Sequence[Cell]) -> Path:
+    """Write table.md: one row per (label, reduction), refseg and GCG columns side by side."""
+    tasks = list(dict.fromkeys(c.task for c in cells))
+    rows: dict[tuple[str, float | None], dict[str, Any]] = {}
+    for cell in cells:
+        rows.setdefault((cell.label, cell.reduction), {})[cell.task] = _summary(out, cell)
+    header = ["method", "reduction", "N_avg", "TFLOPs", f"TFLOPs {SCALED_PRESET}"]
+    if "refseg" in tasks:
+        header += ["gIoU", "cIoU", "small gIoU", "small cIoU"]
+    if "gcg" in tasks:
+        header += ["AP50", "mIoU", "recall"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for (label, reduction), by_task in rows.items():
+        first = next((s for s in (by_task.get(t) for t in tasks) if s), None)
+        cost = first["cost"] if first else {}
+        row = [label, "0" if reduction is None else f"{reduction:g}"]
+        row += (
+            [f"{cost['n_avg']:.2f}", f"{cost['tflops']:.3g}", f"{cost[SCALED_PRESET]['tflops']:.2f}"]
+            if cost
+            else ["—"] * 3
+        )
+        if "refseg" in tasks:
+            acc = (by_task.get("refseg") or {}).get("accuracy", {})
+            row += [_pct(acc.get(tag, {}).get(key)) for tag in ("all", "small") for key in ("giou", "ciou")]
+        if "gcg" in tasks:
+            acc = (by_task.get("gcg") or {}).get("accuracy", {})
+            row += [_pct(acc.get(key)) for key in ("ap50", "miou", "recall")]
+        lines.append("| " + " | ".join(row) + " |")
+    notes = [
+        "",
+        "Accuracy in percent. reduction: target image-token reduction, 1 - N_avg / N. TFLOPs: the model's "
+        "prefill (from the first task's run); the 7B-336 column runs the same per-layer schedule, scaled by "
+        "depth, on LLaVA-1.5-7B-336 with 62 text tokens. — : not run.",
+    ]
+    skipped = dict.fromkeys(
+        (c.label, c.reduction, c.skipped) for c in cells if c.skipped
+    )  # once, not per task
+    if skipped:
+        notes += ["", "Skipped:", ""] + [f"- {label} at {r:g}: {why}" for label, r, why in skipped]
+    path = out / "table.md"
+    path.write_text("\n".join(lines + notes) + "\n")
+    return path
+
+
+def write_plot(out: Path, cells: Sequence[Cell]) -> Path:
+    """Write plot.png: gIoU (refseg) and AP50 (gcg) against 7B-336-equivalent TFLOPs, a line per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(c.task for c in cells))
+    metric = {"refseg": ("all", "giou", "gIoU (%)"), "gcg": (None, "ap50", "AP50 (%)")}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        tag, key, ylabel = metric[task]
+        lines: dict[str, list[tuple[float, float]]] = {}
+        for cell in cells:
+            summary = _summary(out, cell) if cell.task == task else None
+            if summary is None:
+                continue
+            acc = summary["accuracy"] if tag is None else summary["accuracy"].get(tag, {})
+            if acc.get(key) is not None:
+                x = summary["cost"][SCALED_PRESET]["tflops"]
+                lines.setdefault(cell.label, []).append((x, 100 * acc[key]))
+        for label, points in lines.items():
+            xs, ys = zip(*sorted(points), strict=True)
+            style = (
+                {"marker": "*", "markersize": 12, "color": "black"} if label == UNPRUNED else {"marker": "o"}
+            )
+            ax.plot(xs, ys, label=label, **style)
+        ax.set_xlabel(f"TFLOPs ({SCALED_PRESET} equivalent)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        if lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "plot.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

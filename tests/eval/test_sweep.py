@@ -1,0 +1,141 @@
+"""Budgets (`config_for`) hit their target reductions; the sweep runs end to end and resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from segprune import METHODS, flops
+from segprune.cli import main
+from segprune.eval.budgets import achieved_reduction, config_for, variants
+from segprune.eval.datasets import parse_data
+from segprune.eval.runner import load_model
+from segprune.eval.sweep import UNPRUNED, run_sweep, select_labels
+
+# (layers, image tokens): LLaVA-1.5-7B-336, the tiny shapes model, the tiny random test model.
+SHAPES = [(32, 576), (8, 576), (4, 16)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_runner.py
+    yield
+    torch.set_num_threads(threads)
+
+
+def reachable(method: str, reduction: float, layers: int, n: int) -> bool:
+    """Whether the method's schedule can reach the reduction at all (its unpruned layers allow it)."""
+    if method in ("visionzip", "prumerge"):
+        return True  # every layer pruned
+    # Layers that keep all N: before PDrop's first stage; FastV's / ALTP's K; CSP's one scattering layer.
+    first = max(1, int((layers / 4 if method == "pdrop" else 2 * layers / 32) + 0.5))
+    return reduction <= (1 - first / layers) * (1 - 1 / n) + max(0.025, 0.5 / n)
+
+
+@pytest.mark.parametrize(("layers", "n"), SHAPES)
+@pytest.mark.parametrize("reduction", [0.5, 0.65, 0.75, 0.9])
+@pytest.mark.parametrize("label", sorted(variants()))
+def test_config_for_hits_the_target(label, reduction, layers, n):
+    method, overrides = variants()[label]
+    if not reachable(method, reduction, layers, n):
+        with pytest.raises(ValueError, match=f"{method} cannot reach .*closest"):
+            config_for(method, reduction, layers, n, **overrides)
+        return
+    config = config_for(method, reduction, layers, n, **overrides)
+    assert all(getattr(config, k) == v for k, v in overrides.items())
+    # Within 2.5 points, or half a token step where tokens are that coarse (16 image tokens).
+    assert achieved_reduction(config, layers, n) == pytest.approx(reduction, abs=max(0.025, 0.5 / n))
+
+
+def test_every_registered_method_has_a_budget_rule():
+    assert {method for method, _ in variants().values()} == set(METHODS)
+    assert {"altp-ddc", "altp-ddf", "csp-seg_first", "csp-uniform", "csp-random", "csp-cls"} <= set(
+        variants()
+    )
+
+
+def test_config_for_keeps_each_papers_schedule():
+    fastv = config_for("fastv", 0.75, 32, 576)
+    assert (fastv.layer, fastv.keep_ratio) == (2, 0.2)  # (2 * 576 + 30 * 115) / 32 = 143.8 = 24.97%
+    assert config_for("altp", 0.75, 8, 576).layer == 1  # K = 2 of 32 at 1/4 the depth rounds to 1
+    assert config_for("pdrop", 0.5, 32, 576).layers == (8, 16, 24)
+    assert config_for("pdrop", 0.5, 8, 576).layers == (2, 4, 6)
+    csp = config_for("csp", 0.75, 32, 576)  # Table 6's 7B-336 row at 0.75 is (7, 64, 7, 16)
+    assert (csp.cluster_layers, csp.scatter_layers, csp.prune_tokens) == (7, 7, 16)
+    live = flops.csp_schedule(flops.preset("llava-1.5-7b-336"), 7, csp.cluster_tokens, 7, 16)
+    assert flops.n_avg(live) == pytest.approx(144, abs=0.5)
+    zip64 = config_for("visionzip", 1 - 64 / 576, 32, 576)
+    assert (zip64.dominant, zip64.contextual) == (54, 10)  # VisionZip's own 64-token setting
+    assert config_for("prumerge", 0.75, 32, 576).keep_ratio == 0.25
+
+
+def test_config_for_errors():
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        config_for("fastv", 1.0, 32, 576)
+    with pytest.raises(ValueError, match="no budget rule for method 'nope'"):
+        config_for("nope", 0.5, 32, 576)
+    with pytest.raises(ValueError, match=r"pdrop cannot reach .* 0.9 .*closest: 0.749"):
+        config_for("pdrop", 0.9, 32, 576)
+
+
+def test_select_labels():
+    assert select_labels(["altp", "fastv"]) == ["altp-ddc", "altp-ddf", "fastv"]
+    assert select_labels(["csp-uniform"]) == ["csp-uniform"]
+    with pytest.raises(ValueError, match="unknown sweep method 'x'"):
+        select_labels(["x"])
+
+
+def test_sweep_end_to_end(tmp_path):
+    model = load_model("tiny-random")
+    data = parse_data("shapes:0:1", queries_per_scene=2)
+    options = {"reductions": (0.5, 0.9), "batch_size": 2, "max_new_tokens": 4, "progress": False}
+    cells = run_sweep(model, "tiny-random", data, tmp_path, **options)
+    labels = [UNPRUNED, *variants()]
+    run = [c for c in cells if c.skipped is None]
+    # 16 image tokens in 4 layers: every method reaches 0.5; only the pre-LLM ones reach 0.9 (0.875).
+    assert {(c.label, c.reduction) for c in run if c.task == "refseg"} == {(UNPRUNED, None)} | {
+        (label, r)
+        for label in labels[1:]
+        for r in (0.5, 0.9)
+        if r == 0.5 or label in ("visionzip", "prumerge")
+    }
+    assert {c.task for c in cells} == {"refseg", "gcg"}
+    for cell in run:
+        summary = json.loads((tmp_path / cell.name / "summary.json").read_text())
+        assert summary["samples"]["complete"]
+        if cell.label == "csp-uniform" and cell.task == "gcg":
+            assert summary["config"]["method"]["score_token"] == "last"
+    table = (tmp_path / "table.md").read_text()
+    assert table.startswith("| method | reduction | N_avg | TFLOPs |")
+    assert "| gIoU | cIoU | small gIoU | small cIoU | AP50 | mIoU | recall |" in table.splitlines()[0] + " |"
+    for label in labels:
+        assert f"| {label} |" in table
+    assert "| unpruned | 0 | 16.00 |" in table and "| fastv | 0.5 | 7.75 |" in table
+    assert "- fastv at 0.9: fastv cannot reach" in table
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(json.loads((tmp_path / "sweep.json").read_text())) == len(cells)
+    # A second sweep into the same directory resumes every cell: nothing is recomputed.
+    records = {c.name: (tmp_path / c.name / "samples.jsonl").read_text() for c in run}
+    run_sweep(model, "tiny-random", data, tmp_path, **options)
+    assert records == {c.name: (tmp_path / c.name / "samples.jsonl").read_text() for c in run}
+
+
+def test_sweep_command(tmp_path, capsys):
+    args = ["sweep", "--model", "tiny-random", "--data", "shapes:0:1", "--queries-per-scene", "1"]
+    args += [
+        "--methods",
+        "fastv",
+        "--reductions",
+        "0.5",
+        "--tasks",
+        "refseg",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert "table.md" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "refseg").iterdir()) == ["fastv", "unpruned"]
