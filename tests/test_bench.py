@@ -74,3 +74,42 @@ def test_unreachable_reductions_are_skipped_with_a_reason():
     )
     assert [r.kind for r in rows] == ["unpruned"]
     assert any("pdrop cannot reach" in m for m in messages)
+
+
+def test_cli_writes_table_and_rejects_bad_values(tmp_path, capsys):
+    from segprune.cli import main
+
+    out = tmp_path / "bench"
+    args = [
+        "bench",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--methods",
+        "csp",
+        "--reductions",
+        "0.75",
+        "--batches",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--decode-tokens",
+        "0",
+        "--no-references",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    table = (out / "table.md").read_text()
+    assert table.startswith("`segprune bench --preset tiny") and "| 1 | 75% | csp | method |" in table
+    assert '"kind": "method"' in (out / "rows.json").read_text()
+    assert main([*args[:-2], "--repeats", "0", "--out", str(out)]) == 2
+    assert "--repeats=0 is out of range" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--preset", "tiny", "--out", str(out)]) == 2
+        assert "no CUDA device here" in capsys.readouterr().err

@@ -368,3 +368,80 @@ def markdown(rows: Sequence[Row]) -> str:
             f"{r.kv_cache_mb:.1f} | {peak} |"
         )
     return "\n".join(lines)
+
+
+def add_parser(sub: Any) -> None:
+    """Add the `bench` subcommand to the CLI's subparsers."""
+    p = sub.add_parser(
+        "bench",
+        help="time prefill and decode of methods on a preset model with random weights (GPU)",
+        description="Time end-to-end prefill (vision tower, projector, selection, decoder) and cached decode "
+        "of each method at each reduction, next to the unpruned model, the ideal row (same live sets by "
+        "index) and the eager-attention row. Writes a markdown table and JSON.",
+    )
+    p.add_argument("--preset", default="llava-1.5-7b-336", choices=[*sorted(PRESETS), TINY])
+    p.add_argument("--methods", default="fastv,pdrop,altp,csp", help="comma-separated method names")
+    p.add_argument("--reductions", default="0.75,0.9", help="comma-separated N_avg reductions")
+    p.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--no-references", action="store_true", help="skip the ideal and eager rows")
+    p.add_argument("--out", default="bench_out", help="directory for table.md and rows.json")
+    p.set_defaults(run=cmd_bench)
+
+
+def cmd_bench(args: Any, method: Any = None) -> int:
+    """Run `segprune bench` from parsed arguments."""
+    import json
+    import pathlib
+    import sys
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {args.device}: no CUDA device here; use --device cpu (timings then mean little)"
+        )
+    for name, value in (
+        ("repeats", args.repeats),
+        ("warmup", args.warmup),
+        ("decode-tokens", args.decode_tokens),
+    ):
+        if value < (1 if name == "repeats" else 0):
+            raise ValueError(f"--{name}={value} is out of range; valid: >= {1 if name == 'repeats' else 0}")
+    rows = run(
+        args.preset,
+        [m for m in args.methods.split(",") if m],
+        [float(r) for r in args.reductions.split(",") if r],
+        [int(b) for b in args.batches.split(",") if b],
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        decode_tokens=args.decode_tokens,
+        references=not args.no_references,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(args.device)
+    header = (
+        f"`segprune {' '.join(getattr(args, 'argv', sys.argv[1:]))}` on {env.get('gpu', env['cpu'])}, "
+        f"torch {env['torch']}, transformers {env['transformers']}, {args.dtype}\n\n"
+    )
+    table = header + markdown(rows) + "\n"
+    (out / "table.md").write_text(table)
+    (out / "rows.json").write_text(
+        json.dumps(
+            {
+                "environment": env,
+                "args": {k: v for k, v in vars(args).items() if k != "run"},
+                "rows": [dataclasses.asdict(r) for r in rows],
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print(table)
+    return 0
