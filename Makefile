@@ -15,9 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/segprune flops --preset llava-1.5-7b-336
-	$(BIN)/segprune flops --preset llava-1.5-7b-336 --method fastv --layer 2 --keep-ratio 0.25
-	$(BIN)/segprune flops --preset llava-1.5-7b-336 --method pdrop --layers 8,16,24 --ratio 0.5
+	$(BIN)/segprune demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"

@@ -136,6 +136,15 @@ def build_parser(method: type[MethodConfig] | None) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the weights")
     p.add_argument("--config-overrides", type=json.loads, help='JSON, e.g. {"vision_config": {...}}')
     p.set_defaults(run=cmd_convert_lisa)
+    from segprune.eval import commands as eval_commands  # `eval` and `sweep`; they import models lazily
+
+    eval_commands.add_parsers(sub, method)
+    from segprune import tiny_commands  # `train-tiny` and `demo`; they import torch and models lazily
+
+    tiny_commands.add_parsers(sub)
+    from segprune import bench  # `bench`; builds models and imports transformers only when run
+
+    bench.add_parser(sub)
     return parser
 
 
@@ -149,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser(method)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as typed, for reports that say how they were produced
     try:
         return args.run(args, method)
     except ValueError as err:

@@ -99,6 +99,40 @@ def draw_kept(image, grid: tuple[int, int], kept: torch.Tensor, path: str | Path
     return draw_regions(image, None, grid, kept, path=path, **kwargs)
 
 
+def draw_token_life(
+    image,
+    grid: tuple[int, int],
+    live_fraction: torch.Tensor | np.ndarray,
+    path: str | Path | None = None,
+    *,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+):
+    """Shade each patch by the fraction of decoder layers its token was live in; return a PIL image.
+
+    A token live in every layer keeps full brightness, one never live gets `DIM`; in between the
+    brightness grows linearly, so FastV shows two levels and PyramidDrop or CSP one per stage.
+    `live_fraction` is `(N,)` in [0, 1], tokens in row-major grid order (see `draw_regions`).
+    """
+    from PIL import Image
+
+    pixels = to_uint8(image, mean, std)
+    height, width = pixels.shape[:2]
+    rows, cols = grid
+    if height % rows or width % cols:
+        raise ValueError(f"image of {height}x{width} pixels does not divide into the {rows}x{cols} grid")
+    fraction = np.clip(_numpy(live_fraction).astype(np.float32), 0, 1).reshape(rows, cols)
+    scale = max(1, math.ceil(MIN_SIDE / max(height, width)))
+    ph, pw = height // rows * scale, width // cols * scale
+    big = pixels.repeat(scale, axis=0).repeat(scale, axis=1).astype(np.float32)
+    shade = DIM + (1 - DIM) * fraction
+    big *= shade.repeat(ph, axis=0).repeat(pw, axis=1)[..., None]
+    picture = Image.fromarray(big.round().astype(np.uint8))
+    if path is not None:
+        picture.save(path, format="PNG")
+    return picture
+
+
 def _numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 

@@ -1,0 +1,269 @@
+"""`segprune train-tiny`: train the tiny model on shapes, reproducibly, with checkpoints that resume exactly.
+
+Reproducibility: the model is initialised from `seed`; the batch of step s is generated from numpy
+generators seeded with (seed, s, row), so it does not depend on what ran before (a resumed run, or
+data-loader workers, see the same batches); the learning rate is a function of the step. A
+checkpoint holds the model, the auxiliary heads, the optimizer, the RNG states and the step, so a
+run stopped at step k and resumed reaches the same weights as one that never stopped.
+
+Output directory:
+    checkpoint.pt   the latest checkpoint (written every `checkpoint_every` steps and at the end)
+    model/          the model (`SegModel.save_pretrained`, `save_dtype`), loadable by `models.tiny(path)`
+    log.jsonl       one line per logged step and per validation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segprune.data.shapes import generate_scene
+from segprune.models.tiny import TinyDims, build_tiny
+from segprune.train.evaluate import VAL_SEED, evaluate_refseg, validation_set
+from segprune.train.objective import AuxHeads, compute_losses
+from segprune.train.samples import TaskMix, collate, make_sample
+
+CHECKPOINT = "checkpoint.pt"
+# Fields that must match between a checkpoint and the run resuming it (the others, such as
+# the device, the time limit or the number of workers, may change).
+SAME_ON_RESUME = (
+    "seed",
+    "steps",
+    "batch_size",
+    "lr",
+    "warmup",
+    "weight_decay",
+    "min_lr_ratio",
+    "dims",
+    "mix",
+    "loss_weights",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train` needs. Defaults are the CPU recipe of the bundled model.
+
+    Attributes:
+        out: output directory (checkpoint, model, log).
+        steps: optimizer steps; the learning-rate schedule spans them.
+        batch_size: scenes per step (one multi-turn sequence each).
+        lr, warmup, min_lr_ratio, weight_decay: AdamW with linear warm-up over `warmup` steps, then a
+            cosine decay to `min_lr_ratio * lr`.
+        seed: initialises the model and seeds every batch.
+        device: "cpu", "cuda", "cuda:1", ...; bf16 autocast is used on CUDA.
+        resume: continue from `out/checkpoint.pt` if it exists.
+        val_every, val_size: validate every this many steps (and at the end) on `val_size` fixed
+            cases of split `VAL_SEED`; 0 disables periodic validation.
+        checkpoint_every: write `checkpoint.pt` every this many steps (always at the end and on stop).
+        time_limit: minutes; when exceeded, checkpoint and stop cleanly (resume later).
+        log_every: write the losses to log.jsonl every this many steps.
+        workers: data-loader processes building batches (0: in the training process).
+        threads: torch CPU threads (0: leave torch's default).
+        save_dtype: dtype of the saved model ("float16" keeps it small, "float32").
+        dims: `TinyDims` overrides (e.g. {"llm_width": 256}).
+        mix: `TaskMix` overrides.
+        loss_weights: overrides of `objective.WEIGHTS` (e.g. {"mask_dice": 0.5}, LISA's value).
+    """
+
+    out: str = "runs/tiny"
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-3
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    val_every: int = 100
+    val_size: int = 32
+    checkpoint_every: int = 100
+    time_limit: float | None = None
+    log_every: int = 10
+    workers: int = 0
+    threads: int = 0
+    save_dtype: str = "float16"
+    dims: dict[str, Any] = field(default_factory=dict)
+    mix: dict[str, Any] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Return the learning rate of optimizer step `step` (0-based): linear warm-up, then cosine."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item s is the collated batch of step s, drawn from generators seeded with (seed, s, row)."""
+
+    def __init__(self, config: TrainConfig, model_config: Any, tokenizer: Any) -> None:
+        self.config, self.model_config, self.tokenizer = config, model_config, tokenizer
+        self.mix = TaskMix(**config.mix)
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        samples = []
+        for row in range(self.config.batch_size):
+            scene = generate_scene(np.random.default_rng([self.config.seed, step, row]))
+            rng = np.random.default_rng([self.config.seed, step, row, 1])
+            samples.append(make_sample(scene, rng, self.tokenizer, self.model_config, self.mix))
+        return collate(samples, self.tokenizer.pad_token_id)
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(path: Path, step: int, model, heads, optimizer, config: TrainConfig) -> None:
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "heads": heads.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": _rng_state(),
+        "config": dataclasses.asdict(config),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a run killed mid-write leaves the previous checkpoint intact
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    current = dataclasses.asdict(config)
+    changed = [k for k in SAME_ON_RESUME if saved.get(k) != current[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume: the checkpoint was trained with other settings ({detail})")
+
+
+def save_model(model: Any, path: Path, dtype: str) -> None:
+    """Save `model` with its tokenizer in `dtype` (the training copy is left untouched)."""
+    state = {
+        k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in model.state_dict().items()
+    }
+    model.save_pretrained(path, state_dict=state)
+
+
+def _log(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def validate(model: Any, samples: list, device: torch.device) -> dict[str, float]:
+    """gIoU with and without image tokens on the validation cases (model switched to eval and back)."""
+    model.eval()
+    try:
+        full = evaluate_refseg(model, samples)["all"]
+        blind = evaluate_refseg(model, samples, blind=True)["all"]
+    finally:
+        model.train()
+    return {"val_giou": full.giou, "val_ciou": full.ciou, "val_giou_blind": blind.giou}
+
+
+def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
+    """Train (or resume) the tiny model as `config` says; return the last step and validation scores.
+
+    `stop_after` stops (with a checkpoint) once that many steps are done, as an interruption would.
+    """
+    from tqdm.auto import tqdm
+
+    start_time = time.monotonic()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path, log_path = out / CHECKPOINT, out / "log.jsonl"
+
+    model = build_tiny(config.seed, TinyDims.from_dict(config.dims)).to(device).train()
+    heads = AuxHeads.for_model(model).to(device)
+    parameters = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
+    step = 0
+    if config.resume and checkpoint_path.exists():
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        _check_resumable(saved["config"], config)
+        model.load_state_dict(saved["model"])
+        heads.load_state_dict(saved["heads"])
+        optimizer.load_state_dict(saved["optimizer"])
+        _set_rng_state(saved["rng"])
+        step = saved["step"]
+    elif log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log
+
+    val_samples = validation_set(config.val_size, VAL_SEED) if config.val_size else []
+    data = StepBatches(config, model.config, model.tokenizer)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=None, sampler=range(step, config.steps), num_workers=config.workers
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    last_scores: dict[str, float] = {}
+    stopped = False
+    bar = tqdm(total=config.steps, initial=step, desc="train-tiny", dynamic_ncols=True)
+    for batch in loader:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        with autocast:
+            losses = compute_losses(model, heads, _to(batch, device), config.loss_weights)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses['total'].item():.3f}", lm=f"{losses['lm'].item():.3f}")
+        if step % config.log_every == 0 or step == config.steps:
+            record = {k: round(v.item(), 5) for k, v in losses.items()}
+            _log(log_path, {"step": step, "lr": learning_rate(config, step - 1), **record})
+        if config.val_every and val_samples and (step % config.val_every == 0 or step == config.steps):
+            last_scores = validate(model, val_samples, device)
+            _log(log_path, {"step": step, **last_scores})
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_scores.items()))
+        out_of_time = config.time_limit is not None and time.monotonic() - start_time > 60 * config.time_limit
+        stopped = step < config.steps and (out_of_time or (stop_after is not None and step >= stop_after))
+        if step % config.checkpoint_every == 0 or step == config.steps or stopped:
+            _save_checkpoint(checkpoint_path, step, model, heads, optimizer, config)
+        if stopped:
+            bar.write(f"stopped at step {step} of {config.steps}; continue with --resume")
+            break
+    bar.close()
+    save_model(model, out / "model", config.save_dtype)
+    return {"step": step, "stopped": stopped, "minutes": (time.monotonic() - start_time) / 60, **last_scores}

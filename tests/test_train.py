@@ -1,0 +1,133 @@
+"""train-tiny: training samples, the learning-rate schedule, and checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from segprune.data import generate_split
+from segprune.models.tiny import build_tiny
+from segprune.train import TrainConfig, learning_rate, segment_blind, train, validation_set
+from segprune.train.samples import TaskMix, encode_turns, make_sample, patch_targets, scene_turns
+
+# A small model at reduced image sizes, so a step takes a fraction of a second on a CPU.
+SMALL = {
+    "image_size": 112,
+    "vision_width": 32,
+    "vision_layers": 2,
+    "llm_width": 32,
+    "llm_layers": 2,
+    "llm_mlp": 64,
+    "sam_image_size": 56,
+    "sam_patch_size": 8,
+    "sam_width": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from segprune.models.tiny import TinyDims
+
+    return build_tiny(0, TinyDims(**SMALL))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return generate_split(1, seed=5)[0]
+
+
+def test_labels_cover_the_answers_and_each_seg_has_a_target(small_model, scene):
+    tokenizer, config = small_model.tokenizer, small_model.config
+    turns = scene_turns(
+        scene, np.random.default_rng(0), TaskMix(caption_prob=1.0), config.gcg_query, config.seg_answer
+    )
+    ids, labels = encode_turns(tokenizer, config, turns)
+    assert len(ids) == len(labels)
+    assert ids.count(config.llava_config.image_token_id) == config.llava_config.image_seq_length
+    answers = [token for token in labels if token != -100]
+    expected = []
+    for turn in turns:
+        expected += [*tokenizer(turn.answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    assert answers == expected
+    assert ids.count(config.seg_token_id) == sum(len(t.targets) for t in turns)
+    # The first turn is exactly what SegModel.segment / ground send.
+    first = config.prompt_template.replace("{query}", turns[0].question)
+    prompt_ids = tokenizer(first)["input_ids"]
+    at = prompt_ids.index(config.llava_config.image_token_id)
+    assert ids[: at + 1] == prompt_ids[: at + 1]
+    assert tokenizer.unk_token_id not in ids
+
+
+def test_sample_targets(small_model, scene):
+    sample = make_sample(
+        scene, np.random.default_rng(1), small_model.tokenizer, small_model.config, TaskMix()
+    )
+    n_seg = int((sample["input_ids"] == small_model.config.seg_token_id).sum())
+    assert sample["mask_targets"].shape == (n_seg, 28, 28)  # SAM's 7x7 grid, upsampled 4x
+    assert sample["centres"].shape == (n_seg, 2)
+    assert float(sample["mask_targets"].min()) >= 0 and float(sample["mask_targets"].max()) <= 1
+    targets = patch_targets(scene, 24)
+    for name, classes in (("colour", 9), ("shape", 9), ("size", 4)):
+        assert targets[name].shape == (24, 24, classes)
+        torch.testing.assert_close(targets[name].sum(-1), torch.ones(24, 24))
+    # Covered area per class equals the objects' pixel counts.
+    colour_area = targets["colour"][..., 1:].sum() * (336 / 24) ** 2
+    assert abs(float(colour_area) - sum(o.area for o in scene.objects)) < 1
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
+    rates = [learning_rate(config, s) for s in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
+    assert rates[-1] == pytest.approx(1e-4, rel=0.01)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    mix = {"refer_turns": 1, "qa_turns": 1, "caption_prob": 0.0}  # short sequences: a fast test
+    settings = {"steps": 3, "batch_size": 1, "warmup": 1, "val_every": 0, "val_size": 0, "dims": SMALL}
+    settings["mix"] = mix
+    train(TrainConfig(out=str(tmp_path / "straight"), **settings))
+    first = train(TrainConfig(out=str(tmp_path / "stopped"), **settings), stop_after=2)
+    assert first["stopped"] and first["step"] == 2
+    second = train(TrainConfig(out=str(tmp_path / "stopped"), resume=True, **settings))
+    assert second["step"] == 3 and not second["stopped"]
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
+    for part in ("model", "heads"):
+        assert straight[part].keys() == resumed[part].keys()
+        assert all(torch.equal(straight[part][k], resumed[part][k]) for k in straight[part])
+    assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+    for key, state in straight["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], resumed["optimizer"]["state"][key]["exp_avg"])
+    # The saved model loads and segments.
+    from segprune.models.tiny import tiny
+
+    model = tiny(tmp_path / "stopped" / "model")
+    assert model.dtype == torch.float32
+    assert model.segment([generate_split(1, 0)[0].image], ["What is the star in this image?"])[0].shape == (
+        336,
+        336,
+    )
+    with pytest.raises(ValueError, match="other settings"):
+        train(TrainConfig(out=str(tmp_path / "stopped"), resume=True, **{**settings, "lr": 0.5}))
+
+
+def test_blind_segmentation_never_runs_the_llava_tower(small_model):
+    cases = validation_set(4)
+    assert [c.type for c in cases] == ["attribute", "spatial", "superlative", "reasoning"]
+    model = small_model.eval()
+    tower = model.mllm.model.vision_tower
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the LLaVA tower ran")
+
+    tower.forward, original = refuse, tower.forward
+    try:
+        masks = segment_blind(model, [c.image for c in cases], [c.phrase for c in cases])
+    finally:
+        tower.forward = original
+    assert [m.shape for m in masks] == [(336, 336)] * 4
