@@ -102,18 +102,6 @@ def demo_scene(scene_seed: int | None = None, query_index: int | None = None) ->
     return scene, candidates[0]
 
 
-def _runs(values: list[int]) -> str:
-    """Return per-layer counts as runs, e.g. "2x576 6x144"."""
-    out, i = [], 0
-    while i < len(values):
-        j = i
-        while j < len(values) and values[j] == values[i]:
-            j += 1
-        out.append(f"{j - i}x{values[i]}")
-        i = j
-    return " ".join(out)
-
-
 def run_row(model: Any, row: DemoRow, image: np.ndarray, query: Any, repeats: int) -> DemoResult:
     """Prune `model` as `row` says, segment `query` `repeats` times, and measure the row."""
     from segprune.eval.metrics import mask_iou
@@ -176,7 +164,7 @@ def format_table(results: list[DemoResult]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r.row.label} | {r.row.reduction or '-'} | {_runs(r.live)} | {r.n_avg:.1f} "
+            f"| {r.row.label} | {r.row.reduction or '-'} | {flops.runs(r.live, sep=' ')} | {r.n_avg:.1f} "
             f"| {r.tflops_7b:.2f} | {r.gflops_tiny:.2f} | {r.iou:.3f} | {r.latency_ms:.0f} |"
         )
     return "\n".join(lines)

@@ -283,7 +283,7 @@ def report(
     )
 
 
-def _runs(values: Sequence[float]) -> str:
+def runs(values: Sequence[float], sep: str = ", ") -> str:
     """Return a run-length summary of per-layer counts, e.g. ``"6x128, 9x576, 17x32"``."""
     parts: list[str] = []
     i = 0
@@ -293,7 +293,7 @@ def _runs(values: Sequence[float]) -> str:
             j += 1
         parts.append(f"{j - i}x{values[i]:g}")
         i = j
-    return ", ".join(parts)
+    return sep.join(parts)
 
 
 def format_report(r: FlopsReport) -> str:
@@ -303,7 +303,7 @@ def format_report(r: FlopsReport) -> str:
     rows = [
         ("model", f"{r.name} ({model})" if r.name else model),
         ("text tokens", f"{r.text_tokens:g} (CSP), {r.altp_text_tokens:g} (ALTP)"),
-        ("image tokens/layer", _runs(r.live_image_tokens)),
+        ("image tokens/layer", runs(r.live_image_tokens)),
         ("N_avg", f"{r.n_avg:.2f} of {d.image_tokens} ({100 * r.image_token_reduction:.1f}% fewer)"),
         ("TFLOPs (CSP)", f"{r.tflops:.3f} of {r.dense_tflops:.3f} dense ({100 * r.reduction:.1f}% fewer)"),
         ("FLOPs fraction (ALTP)", f"{100 * r.altp_fraction:.1f}% of dense"),
