@@ -108,3 +108,13 @@ def score_report(model: Any, n: int = 200, seed: int = VAL_SEED) -> dict[str, di
         out[name]["ciou"] = round(scores["all"].ciou, 4)
     out["n"] = {"cases": len(samples), "seed": seed}
     return out
+
+
+if __name__ == "__main__":  # python -m segprune.train.evaluate [MODEL_DIR] [N]
+    import json
+    import sys
+
+    from segprune.models.tiny import tiny
+
+    model_dir = sys.argv[1] if len(sys.argv) > 1 else None
+    print(json.dumps(score_report(tiny(model_dir), int(sys.argv[2]) if len(sys.argv) > 2 else 200), indent=2))
