@@ -1,12 +1,13 @@
 """`segprune demo`: the bundled tiny model segments one shapes scene unpruned and under every method.
 
 For each row the papers' 32-layer setting is mapped to the tiny model's 8 layers (`scale_layers`),
-the model is pruned in place, `segment` runs `repeats` times after one warm-up call (median CPU
-latency), and `segprune.stats` gives the live tokens per layer. Outputs in `out/`:
+the model is pruned in place, `segment` runs once (the mask; also the warm-up) and `segprune.stats`
+gives the live tokens per layer; then the rows are timed in turn, `repeats` calls each (median CPU
+latency). Outputs in `out/`:
 
     <row>.png     the scene with each patch shaded by how many layers its token was live in, the
                   predicted mask (magenta) and the target's outline (white), and the query
-    sheet.png     all rows side by side
+    sheet.png     all rows, one line per method (75% and 90% side by side)
     table.md      method, tokens per layer, N_avg, TFLOPs of LLaVA-1.5-7B-336 under the 32-layer
                   setting and GFLOPs of the tiny model under the mapped one, mask IoU, latency
 
@@ -102,23 +103,22 @@ def demo_scene(scene_seed: int | None = None, query_index: int | None = None) ->
     return scene, candidates[0]
 
 
-def run_row(model: Any, row: DemoRow, image: np.ndarray, query: Any, repeats: int) -> DemoResult:
-    """Prune `model` as `row` says, segment `query` `repeats` times, and measure the row."""
+def _apply(model: Any, config: MethodConfig | None) -> None:
+    segprune.unprune(model)
+    if config is not None:
+        segprune.prune_(model, config)
+
+
+def run_row(model: Any, row: DemoRow, image: np.ndarray, query: Any) -> DemoResult:
+    """Prune `model` as `row` says, segment `query` once and measure everything but the latency."""
     from segprune.eval.metrics import mask_iou
     from segprune.models.tiny import refer_query
 
     layers = model.config.llava_config.text_config.num_hidden_layers
     tiny_config = None if row.config is None else scale_layers(row.config, PAPER_LAYERS, layers)
-    segprune.unprune(model)
-    if tiny_config is not None:
-        segprune.prune_(model, tiny_config)
+    _apply(model, tiny_config)
     text = refer_query(query.text)
-    times = []
-    for i in range(repeats + 1):  # the first call warms caches and is not timed
-        start = time.perf_counter()
-        mask = model.segment([image], [text])[0]
-        if i:
-            times.append(1000 * (time.perf_counter() - start))
+    mask = model.segment([image], [text])[0]
     dims = flops.ModelDims.from_config(model.mllm.config, N_IMAGE)
     if tiny_config is None:
         live = [N_IMAGE] * layers
@@ -149,10 +149,28 @@ def run_row(model: Any, row: DemoRow, image: np.ndarray, query: Any, repeats: in
         tflops_7b=flops.report(paper_live, PRESET).tflops,
         gflops_tiny=gflops,
         iou=mask_iou(mask, query.mask),
-        latency_ms=statistics.median(times) if times else float("nan"),
+        latency_ms=float("nan"),
         mask=mask,
         live_fraction=fraction,
     )
+
+
+def time_rows(model: Any, results: list[DemoResult], image: np.ndarray, text: str, repeats: int) -> None:
+    """Set each result's latency: the median of `repeats` `segment` calls, the rows taken in turn.
+
+    Round-robin rather than row by row, so a burst of load from another process on a shared machine
+    slows one call of every row instead of every call of one row.
+    """
+    times: list[list[float]] = [[] for _ in results]
+    for _ in range(repeats):
+        for i, result in enumerate(results):
+            _apply(model, result.tiny_config)
+            start = time.perf_counter()
+            model.segment([image], [text])
+            times[i].append(1000 * (time.perf_counter() - start))
+    segprune.unprune(model)
+    for result, row_times in zip(results, times, strict=True):
+        result.latency_ms = statistics.median(row_times) if row_times else float("nan")
 
 
 def format_table(results: list[DemoResult]) -> str:
@@ -236,29 +254,44 @@ def run_demo(
     quick: bool = False,
     model: Any = None,
     echo: bool = True,
+    threads: int | None = None,
 ) -> list[DemoResult]:
-    """Run every demo row on the tiny model, write the pictures and the table to `out`, print the table."""
-    from segprune.models.tiny import tiny
+    """Run every demo row on the tiny model, write the pictures and the table to `out`, print the table.
+
+    `threads` sets torch's CPU threads for the run (None: leave them); it is restored afterwards.
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(out, model_path, scene_seed, query_index, repeats, quick, model, echo)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_demo(out, model_path, scene_seed, query_index, repeats, quick, model, echo) -> list[DemoResult]:
+    from segprune.models.tiny import refer_query, tiny
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if model is None:
         model = tiny(model_path)
     scene, query = demo_scene(scene_seed, query_index)
-    results, pictures = [], []
+    pictures = []
     with torch.inference_mode():
-        for row in demo_rows(quick):
-            result = run_row(model, row, scene.image, query, repeats)
-            picture = draw_row(result, scene.image, query)
-            picture.save(out / f"{result.row.slug}.png")
-            results.append(result)
-            pictures.append(picture)
+        results = [run_row(model, row, scene.image, query) for row in demo_rows(quick)]
+        time_rows(model, results, scene.image, refer_query(query.text), repeats)
+    for result in results:
+        picture = draw_row(result, scene.image, query)
+        picture.save(out / f"{result.row.slug}.png")
+        pictures.append(picture)
     draw_sheet(pictures, [r.row.label for r in results]).save(out / "sheet.png")
     table = format_table(results)
     threads = torch.get_num_threads()
     note = (
         f'Scene {scene.scene_id}, query "{query.text}" ({query.type}). Latency: median of {repeats} '
-        f"`segment` calls, batch 1, {threads} CPU threads."
+        f"`segment` calls per row (batch 1, {threads} CPU thread{'s' if threads != 1 else ''}), the rows "
+        "timed in turn after one untimed call each."
     )
     (out / "table.md").write_text(table + "\n\n" + note + "\n")
     if echo:

@@ -34,7 +34,7 @@ TRAIN_HELP = {
 
 
 def _train_flags(parser: argparse.ArgumentParser) -> None:
-    from segprune.train.loop import TrainConfig  # imports torch, but only the module's names are used
+    from segprune.train.config import TrainConfig  # standard library only: `segprune` starts fast
 
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -55,7 +55,8 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_tiny(args: argparse.Namespace, method: Any = None) -> int:
-    from segprune.train.loop import TrainConfig, train
+    from segprune.train.config import TrainConfig
+    from segprune.train.loop import train
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     result = train(config)
@@ -73,6 +74,7 @@ def cmd_demo(args: argparse.Namespace, method: Any = None) -> int:
         query_index=args.query_index,
         repeats=args.repeats,
         quick=args.quick,
+        threads=args.threads,
     )
     return 0
 
@@ -103,5 +105,11 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--query-index", type=int, default=None, help="which of the scene's queries to ask")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per method; the median is reported")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a small or shared machine more threads make latency erratic)",
+    )
     p.add_argument("--quick", action="store_true", help="only the 90%% rows of FastV and CSP (for tests)")
     p.set_defaults(run=cmd_demo)

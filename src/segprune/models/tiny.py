@@ -185,5 +185,14 @@ def tiny(
         raise FileNotFoundError(
             f"no tiny model at {path}; train one with `segprune train-tiny --out DIR` and pass DIR"
         )
-    model = SegModel.from_pretrained(path, dtype=dtype)
+    from transformers.utils import logging
+
+    # A 4 MB model loads instantly; transformers' per-tensor progress bar would only clutter the demo.
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        model = SegModel.from_pretrained(path, dtype=dtype)
+    finally:
+        if shown:
+            logging.enable_progress_bar()
     return model.to(device).eval()
