@@ -133,3 +133,30 @@ def cls_attention_calls(monkeypatch):
 
     monkeypatch.setattr(VisionCapture, "cls_attention", spy)
     return seen
+
+
+class HostSyncCounter:
+    """Counts the tensor-to-Python conversions (host synchronisations on CUDA) made while active."""
+
+    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+    def __init__(self, monkeypatch):
+        self.active = False
+        self.calls: list[str] = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, _name=name, **kwargs):
+                if self.active:
+                    self.calls.append(_name)
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+        original_nonzero = torch.nonzero
+
+        def nonzero(*args, **kwargs):
+            if self.active:
+                self.calls.append("nonzero")
+            return original_nonzero(*args, **kwargs)
+
+        monkeypatch.setattr(torch, "nonzero", nonzero)

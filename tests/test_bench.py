@@ -56,6 +56,45 @@ def test_run_gives_method_ideal_and_eager_rows():
     assert unpruned.kv_cache_mb > method.kv_cache_mb
     table = bench.markdown(rows)
     assert table.count("\n") == 5 and "| 2 | 75% | fastv | ideal |" in table
+    assert {r.prefill_mode for r in rows} == {"eager"}
+    line = bench.summary(rows).splitlines()[-1]
+    speed = unpruned.prefill_ms / method.prefill_ms
+    share = (method.prefill_ms - ideal.prefill_ms) / method.prefill_ms
+    assert line.startswith(f"| 2 | 75% | fastv | {method.n_avg:.1f} | {speed:.2f}× |")
+    assert line.endswith(f"| {ideal.prefill_ms / method.prefill_ms:.2f} | {share:.1%} |")
+
+
+def test_paper_budget_and_bad_options():
+    common = {"device": "cpu", "dtype": torch.float32, "repeats": 1, "warmup": 0, "decode_tokens": 0}
+    rows = bench.run(
+        "tiny", ["pdrop"], [0.9], [1], budget="paper", references=False, progress=lambda _: None, **common
+    )
+    assert [r.kind for r in rows] == ["unpruned", "method"]  # N_avg cannot reach 0.9; the paper setting can
+    assert rows[1].config["layers"] == [4, 8, 12]  # 8/16/24 of 32 on the 16-layer tiny decoder
+    with pytest.raises(ValueError, match="budget='x'"):
+        bench.run("tiny", ["fastv"], [0.5], [1], budget="x", **common)
+    with pytest.raises(ValueError, match="graph=True needs a CUDA device"):
+        bench.run("tiny", ["fastv"], [0.5], [1], graph=True, **common)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_rows_on_cuda():
+    rows = bench.run(
+        "tiny",
+        ["fastv", "altp", "csp"],
+        [0.75],
+        [1],
+        device="cuda",
+        dtype=torch.bfloat16,
+        repeats=3,
+        warmup=1,
+        decode_tokens=2,
+        graph=True,
+        progress=lambda _: None,
+    )
+    assert {r.prefill_mode for r in rows} == {"graph"}
+    assert [r.kind for r in rows].count("ideal") == 3
 
 
 def test_unreachable_reductions_are_skipped_with_a_reason():

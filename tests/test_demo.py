@@ -34,9 +34,9 @@ def test_demo_writes_pictures_and_table(tmp_path, capsys):
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["csp-90.png", "fastv-90.png", "sheet.png", "table.md", "unpruned.png"]
     table = (tmp_path / "table.md").read_text()
-    assert "| FastV | 90% | 2x576 6x57 |" in table
+    assert "| FastV | 90% | 1x576 7x57 |" in table  # K = 2 of 32 layers -> 1 of 8
     unpruned, fastv, _ = results
-    assert unpruned.n_avg == 576 and fastv.n_avg == pytest.approx((2 * 576 + 6 * 57) / 8)
+    assert unpruned.n_avg == 576 and fastv.n_avg == pytest.approx((576 + 7 * 57) / 8)
     assert fastv.tflops_7b < unpruned.tflops_7b and fastv.gflops_tiny < unpruned.gflops_tiny
     assert all(0 <= r.iou <= 1 for r in results)
     assert "N_avg" in capsys.readouterr().out

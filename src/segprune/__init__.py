@@ -4,6 +4,7 @@ import segprune
 segprune.prune_(model, segprune.FastVConfig(layer=2, keep_ratio=0.25))
 """
 
+from segprune.graph import GraphedPrefill
 from segprune.methods import METHODS, ALTPConfig, CSPConfig, FastVConfig, MethodConfig, PDropConfig, TokenPlan
 from segprune.methods.prumerge import PruMergeConfig
 from segprune.methods.regions import masks_to_token_ids
@@ -18,6 +19,7 @@ __all__ = [
     "ALTPConfig",
     "CSPConfig",
     "FastVConfig",
+    "GraphedPrefill",
     "MethodConfig",
     "PDropConfig",
     "PruMergeConfig",

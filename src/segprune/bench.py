@@ -11,6 +11,10 @@ Two reference rows accompany each method and budget:
   can reach;
 * **eager**: the same method with every layer on eager attention, which is what peers that read
   scores from attention weights have to run.
+
+With `graph=True` (`--graph`) every prefill, the reference rows' too, runs as one CUDA graph
+(`segprune.GraphedPrefill`, which checks each call's prompt layout: one small comparison and one
+synchronisation per call, included in the times); decode steps stay eager.
 """
 
 from __future__ import annotations
@@ -203,6 +207,7 @@ class Row:
     reduction: float | None
     method: str
     kind: str  # "unpruned", "method", "ideal" or "eager"
+    prefill_mode: str  # "graph" (one CUDA graph) or "eager" (ordinary PyTorch)
     n_avg: float
     prefill_ms: float
     prefill_spread_ms: tuple[float, float]  # 10th and 90th percentile
@@ -238,16 +243,24 @@ def measure(
     repeats: int,
     warmup: int,
     decode_tokens: int,
+    graph: bool = False,
 ) -> dict[str, Any]:
-    """Time prefill and decode of `model` pruned with `config` (None: unpruned)."""
+    """Time prefill and decode of `model` pruned with `config` (None: unpruned); `graph`: see module."""
     device = model.device
     segprune.unprune(model)
     if config is not None:
         segprune.prune_(model, config, seg_token_id=seg_token_id(model))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_calls(lambda: prefill(model, inputs), device, repeats, warmup)
-    out = prefill(model, inputs)
+    if graph:
+        from segprune.graph import GraphedPrefill
+
+        runner = GraphedPrefill(model, inputs["input_ids"], inputs["pixel_values"])
+        call = lambda: runner(inputs["input_ids"], inputs["pixel_values"])  # noqa: E731
+    else:
+        call = lambda: prefill(model, inputs)  # noqa: E731
+    times = time_calls(call, device, repeats, warmup)
+    out = call()
     n_image = model.config.image_seq_length
     stats = segprune.stats(model) if config is not None else None
     result = {
@@ -265,6 +278,9 @@ def measure(
     if device.type == "cuda":
         result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     segprune.unprune(model)
+    if graph:
+        del runner, call, out
+        torch.cuda.empty_cache()  # the graph's private memory pool
     return result
 
 
@@ -280,10 +296,21 @@ def run(
     warmup: int = 5,
     decode_tokens: int = 32,
     references: bool = True,
+    graph: bool = False,
+    budget: str = "navg",
     progress: Callable[[str], None] = print,
 ) -> list[Row]:
-    """Time every method × reduction × batch size, with unpruned, ideal and eager reference rows."""
-    from segprune.eval.budgets import config_for
+    """Time every method × reduction × batch size, with unpruned, ideal and eager reference rows.
+
+    `budget` picks the reduction axis (`segprune.eval.budgets.budget_config`): "navg", equal average
+    live image tokens N_avg (CSP Table 6's axis), or "paper", each method as the papers set it.
+    """
+    from segprune.eval.budgets import BUDGETS, budget_config
+
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r}; valid: {list(BUDGETS)}")
+    if graph and not device.startswith("cuda"):
+        raise ValueError(f"graph=True needs a CUDA device, got device={device!r}")
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -300,6 +327,7 @@ def run(
                 reduction=reduction,
                 method=method,
                 kind=kind,
+                prefill_mode="graph" if graph else "eager",
                 n_avg=result["n_avg"],
                 prefill_ms=result["prefill_ms"],
                 prefill_spread_ms=result["prefill_spread_ms"],
@@ -311,14 +339,14 @@ def run(
         )
         progress(f"batch {batch} {method} {kind} r={reduction}: prefill {result['prefill_ms']:.2f} ms")
 
-    timing = {"repeats": repeats, "warmup": warmup, "decode_tokens": decode_tokens}
+    timing = {"repeats": repeats, "warmup": warmup, "decode_tokens": decode_tokens, "graph": graph}
     for batch in batches:
         inputs = bench_inputs(model, batch)
         add(batch, None, "none", "unpruned", measure(model, inputs, None, **timing), None)
         for reduction in reductions:
             for method in methods:
                 try:
-                    config = config_for(method, reduction, n_layers, n_image)
+                    config = budget_config(budget, method, reduction, n_layers, n_image)
                 except ValueError as err:  # the method's schedule cannot reach this reduction
                     progress(f"skipped: {err}")
                     continue
@@ -370,6 +398,36 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: Sequence[Row]) -> str:
+    """Render one line per method and budget: its speed-up next to its ideal and eager-scoring rows'.
+
+    "of ideal" is the method's speed-up over the ideal row's; "selection" is the share of the
+    method's prefill not spent by the ideal row (scoring, superpixels, merging, bookkeeping).
+    """
+    base = {r.batch: r.prefill_ms for r in rows if r.kind == "unpruned"}
+    by_key = {(r.batch, r.reduction, r.method, r.kind): r for r in rows}
+    lines = [
+        "| batch | reduction | method | N_avg | speed-up | ideal | eager scoring | of ideal | selection |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def speed(row: Row | None) -> str:
+        return "—" if row is None else f"{base[row.batch] / row.prefill_ms:.2f}×"
+
+    for r in rows:
+        if r.kind != "method":
+            continue
+        ideal = by_key.get((r.batch, r.reduction, r.method, "ideal"))
+        eager = by_key.get((r.batch, r.reduction, r.method, "eager"))
+        of_ideal = "—" if ideal is None else f"{ideal.prefill_ms / r.prefill_ms:.2f}"
+        share = "—" if ideal is None else f"{(r.prefill_ms - ideal.prefill_ms) / r.prefill_ms:.1%}"
+        lines.append(
+            f"| {r.batch} | {r.reduction:.0%} | {r.method} | {r.n_avg:.1f} | {speed(r)} | {speed(ideal)} | "
+            f"{speed(eager)} | {of_ideal} | {share} |"
+        )
+    return "\n".join(lines)
+
+
 def add_parser(sub: Any) -> None:
     """Add the `bench` subcommand to the CLI's subparsers."""
     p = sub.add_parser(
@@ -389,6 +447,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--no-references", action="store_true", help="skip the ideal and eager rows")
+    p.add_argument(
+        "--graph", action="store_true", help="run every prefill as one CUDA graph (segprune.GraphedPrefill)"
+    )
+    p.add_argument(
+        "--budget",
+        choices=("navg", "paper"),
+        default="navg",
+        help="reduction axis: navg, equal N_avg as in CSP Table 6 (default); paper, each method as its "
+        "paper sets it (segprune.eval.budgets)",
+    )
     p.add_argument("--out", default="bench_out", help="directory for table.md and rows.json")
     p.set_defaults(run=cmd_bench)
 
@@ -421,6 +489,8 @@ def cmd_bench(args: Any, method: Any = None) -> int:
         warmup=args.warmup,
         decode_tokens=args.decode_tokens,
         references=not args.no_references,
+        graph=args.graph,
+        budget=args.budget,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     out = pathlib.Path(args.out)
@@ -428,9 +498,10 @@ def cmd_bench(args: Any, method: Any = None) -> int:
     env = environment(args.device)
     header = (
         f"`segprune {' '.join(getattr(args, 'argv', sys.argv[1:]))}` on {env.get('gpu', env['cpu'])}, "
-        f"torch {env['torch']}, transformers {env['transformers']}, {args.dtype}\n\n"
+        f"torch {env['torch']}, transformers {env['transformers']}, {args.dtype}, "
+        f"prefill {'as one CUDA graph' if args.graph else 'eager'}, reductions on the {args.budget} axis\n\n"
     )
-    table = header + markdown(rows) + "\n"
+    table = header + summary(rows) + "\n\nAll rows:\n\n" + markdown(rows) + "\n"
     (out / "table.md").write_text(table)
     (out / "rows.json").write_text(
         json.dumps(

@@ -11,10 +11,11 @@ latency). Outputs in `out/`:
     table.md      method, tokens per layer, N_avg, TFLOPs of LLaVA-1.5-7B-336 under the 32-layer
                   setting and GFLOPs of the tiny model under the mapped one, mask IoU, latency
 
-Budgets: "75%" and "90%" mean 144 and 57 of 576 image tokens remain after the (last) pruning step,
-ALTP Table 1's convention, for FastV, ALTP, PyramidDrop (whose last stage holds them), VisionZip and
-PruMerge+; CSP uses its own Table 6 settings for 75% and 90% fewer tokens on average (N_avg). The
-N_avg column shows what each schedule really keeps.
+Budgets (`segprune.eval.budgets.paper_config`, as the sweep's default): "75%" and "90%" mean 144
+and 57 of 576 image tokens remain after the (last) pruning step, ALTP Table 1's convention, for FastV,
+ALTP, PyramidDrop (whose last stage holds them), VisionZip and PruMerge+; CSP uses its own Table 6
+settings for 75% and 90% fewer tokens on average (N_avg). The N_avg column shows what each schedule
+really keeps.
 """
 
 from __future__ import annotations
@@ -30,14 +31,12 @@ import torch
 
 import segprune
 from segprune import flops
-from segprune.methods import ALTPConfig, CSPConfig, FastVConfig, MethodConfig, PDropConfig
-from segprune.methods.prumerge import PruMergeConfig
+from segprune.methods import MethodConfig
 from segprune.methods.scale import scale_layers
-from segprune.methods.visionzip import VisionZipConfig
 
 DEMO_SEED = 3  # the scene is generate_split(1, DEMO_SEED)[0]
 N_IMAGE, PAPER_LAYERS, PRESET = 576, 32, "llava-1.5-7b-336"
-BUDGETS = {"75%": (144, 0.75), "90%": (57, 0.90)}  # tokens left, CSP Table 6 reduction
+BUDGETS = {"75%": 0.75, "90%": 0.90}  # segprune.eval.budgets.paper_config: 144 and 57 tokens left
 MASK_COLOUR = np.array([255, 0, 200], dtype=np.float32)
 
 
@@ -56,20 +55,25 @@ class DemoRow:
         return f"{stem}-{self.reduction.rstrip('%')}" if self.reduction else stem
 
 
+DEMO_METHODS = {
+    "FastV": "fastv",
+    "PDrop": "pdrop",
+    "ALTP": "altp",
+    "CSP": "csp",
+    "VisionZip": "visionzip",
+    "PruMerge+": "prumerge",
+}
+
+
 def demo_rows(quick: bool = False) -> list[DemoRow]:
     """Return the rows: unpruned, then each method at 75% and 90% (`quick`: only FastV and CSP at 90%)."""
+    from segprune.eval.budgets import paper_config
+
     rows = [DemoRow("Unpruned", "", None)]
-    for name, (budget, csp_reduction) in BUDGETS.items():
-        ratio = budget / N_IMAGE
-        dominant = round(budget * 54 / 64)  # VisionZip's own split of 64 tokens: 54 dominant, 10 merged
+    for name, reduction in BUDGETS.items():
         rows += [
-            DemoRow("FastV", name, FastVConfig(layer=2, keep_ratio=ratio)),
-            # Three stages keeping the same fraction each, the last one holding `budget` tokens.
-            DemoRow("PDrop", name, PDropConfig(layers=(8, 16, 24), ratio=ratio ** (1 / 3))),
-            DemoRow("ALTP", name, ALTPConfig(keep_ratio=ratio, layer=2)),
-            DemoRow("CSP", name, CSPConfig.preset(PRESET, csp_reduction)),
-            DemoRow("VisionZip", name, VisionZipConfig(dominant=dominant, contextual=budget - dominant)),
-            DemoRow("PruMerge+", name, PruMergeConfig(plus=True, keep_ratio=ratio)),
+            DemoRow(label, name, paper_config(method, reduction, N_IMAGE))
+            for label, method in DEMO_METHODS.items()
         ]
     if quick:
         rows = [r for r in rows if r.config is None or (r.reduction == "90%" and r.label in ("FastV", "CSP"))]

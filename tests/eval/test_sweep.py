@@ -9,10 +9,11 @@ import torch
 
 from segprune import METHODS, flops
 from segprune.cli import main
-from segprune.eval.budgets import achieved_reduction, config_for, variants
+from segprune.eval.budgets import achieved_reduction, config_for, paper_config, variants
 from segprune.eval.datasets import parse_data
 from segprune.eval.runner import load_model
-from segprune.eval.sweep import UNPRUNED, run_sweep, select_labels
+from segprune.eval.sweep import UNPRUNED, plan_sweep, run_sweep, select_labels
+from segprune.methods import CSPConfig
 
 # (layers, image tokens): LLaVA-1.5-7B-336, the tiny shapes model, the tiny random test model.
 SHAPES = [(32, 576), (8, 576), (4, 16)]
@@ -81,6 +82,36 @@ def test_config_for_errors():
         config_for("pdrop", 0.9, 32, 576)
 
 
+@pytest.mark.parametrize(("reduction", "left"), [(0.5, 288), (0.75, 144), (0.9, 57)])
+def test_paper_config_leaves_altp_table1_token_counts(reduction, left):
+    for method in ("fastv", "altp", "pdrop", "visionzip", "prumerge"):
+        live = paper_config(method, reduction, 576).plan(576, 32).live_counts()
+        assert live[-1] == left, method
+    assert paper_config("fastv", reduction, 576).layer == 2
+    assert paper_config("altp", reduction, 576, allocation="ddc").allocation == "ddc"
+    assert paper_config("pdrop", reduction, 576).layers == (8, 16, 24)
+    csp = paper_config("csp", reduction, 576, cluster="uniform")
+    if reduction in (0.75, 0.9):  # Table 6 rows; 0.5 has none and is solved for N_avg
+        assert csp == CSPConfig.preset("llava-1.5-7b-336", reduction, cluster="uniform")
+    else:
+        assert achieved_reduction(csp, 32, 576) == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValueError, match=r"reduction=1\.0"):
+        paper_config("fastv", 1.0, 576)
+
+
+def test_paper_budget_reaches_90_percent_on_the_tiny_depth():
+    cells = plan_sweep(["refseg"], list(variants()), (0.5, 0.75, 0.9), 8, 576, budget="paper")
+    assert all(c.skipped is None for c in cells)
+    by = {(c.label, c.reduction): c.config for c in cells}
+    assert by["fastv", 0.9].layer == 1 and by["altp-ddf", 0.9].layer == 1  # K = 2 of 32 -> 1 of 8
+    assert by["pdrop", 0.9].layers == (2, 4, 6)
+    assert (by["csp-cls", 0.9].cluster_layers, by["csp-cls", 0.9].scatter_layers) == (3, 1)
+    navg = plan_sweep(["refseg"], ["fastv"], (0.9,), 8, 576, budget="navg")
+    assert navg[1].skipped and "cannot reach" in navg[1].skipped
+    with pytest.raises(ValueError, match="budget='x'"):
+        plan_sweep(["refseg"], ["fastv"], (0.9,), 8, 576, budget="x")
+
+
 def test_select_labels():
     assert select_labels(["altp", "fastv"]) == ["altp-ddc", "altp-ddf", "fastv"]
     assert select_labels(["csp-uniform"]) == ["csp-uniform"]
@@ -91,7 +122,8 @@ def test_select_labels():
 def test_sweep_end_to_end(tmp_path):
     model = load_model("tiny-random")
     data = parse_data("shapes:0:1", queries_per_scene=2)
-    options = {"reductions": (0.5, 0.9), "batch_size": 2, "max_new_tokens": 4, "progress": False}
+    options = {"reductions": (0.5, 0.9), "budget": "navg", "batch_size": 2, "max_new_tokens": 4}
+    options["progress"] = False
     cells = run_sweep(model, "tiny-random", data, tmp_path, **options)
     labels = [UNPRUNED, *variants()]
     run = [c for c in cells if c.skipped is None]
@@ -116,7 +148,7 @@ def test_sweep_end_to_end(tmp_path):
     assert "| unpruned | 0 | 16.00 |" in table and "| fastv | 0.5 | 7.75 |" in table
     assert "- fastv at 0.9: fastv cannot reach" in table
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(json.loads((tmp_path / "sweep.json").read_text())) == len(cells)
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["cells"]) == len(cells)
     # A second sweep into the same directory resumes every cell: nothing is recomputed.
     records = {c.name: (tmp_path / c.name / "samples.jsonl").read_text() for c in run}
     run_sweep(model, "tiny-random", data, tmp_path, **options)

@@ -147,7 +147,8 @@ def test_selector_chooses_only_among_live_tokens():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_grid_path_never_syncs_with_the_host():
     select = ALTPSelector()
-    ctx = context(torch.cat([scene(0), scene(1)]).cuda())
+    ctx = context(torch.cat([scene(0), scene(1)]))
+    ctx = SelectContext(n_image=ctx.n_image, grid=ctx.grid, pixel_values=ctx.pixel_values.cuda())
     scores = torch.rand(2, N, device="cuda")
     live = all_live(2).cuda()
     select(scores, live, 57, ctx)  # warm-up: lazy initialisation may sync

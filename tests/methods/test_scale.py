@@ -50,12 +50,13 @@ def test_csp_keeps_at_least_one_scatter_layer_and_a_pruning_stage():
         scale_layers(CSPConfig(cluster_layers=20, scatter_layers=10), 32, 8)
 
 
-def test_drop_layer_is_kept_unless_asked():
-    assert scale_layers(FastVConfig(layer=2, keep_ratio=0.25)) == FastVConfig(layer=2, keep_ratio=0.25)
-    assert scale_layers(ALTPConfig(layer=2), scale_drop_layer=True).layer == 1
-    assert scale_layers(FastVConfig(layer=16), scale_drop_layer=True).layer == 4
+def test_drop_layer_moves_proportionally():
+    assert scale_layers(FastVConfig(layer=2, keep_ratio=0.25)) == FastVConfig(layer=1, keep_ratio=0.25)
+    assert scale_layers(ALTPConfig(layer=2)).layer == 1
+    assert scale_layers(FastVConfig(layer=16)).layer == 4
+    assert scale_layers(FastVConfig(layer=6), 32, 16).layer == 3
     with pytest.raises(ValueError, match="does not fit"):
-        scale_layers(FastVConfig(layer=9))
+        scale_layers(FastVConfig(layer=31))
 
 
 def test_methods_before_the_decoder_are_unchanged():

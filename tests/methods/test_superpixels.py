@@ -166,13 +166,14 @@ def test_grid_slic_agrees_with_skimage_on_a_constructed_scene():
         assert agreement(ours, theirs) >= 0.9
 
 
-def test_merge_fragments_folds_small_islands_into_the_region_before_them():
+@pytest.mark.parametrize("components", ["propagate", "square"])
+def test_merge_fragments_folds_small_islands_into_the_region_before_them(components):
     labels = torch.zeros(6, 6, dtype=torch.long)
     labels[:, 3:] = 1
     labels[2, 1] = 2  # a one-patch island inside region 0
     labels[4:, 4:] = 3  # a 2 x 2 block inside region 1
     labels[0, 5] = 0  # a fragment of region 0 inside region 1: folded into its left neighbour's 1
-    merged = merge_fragments(labels.view(1, -1), (6, 6), min_size=3).view(6, 6)
+    merged = merge_fragments(labels.view(1, -1), (6, 6), min_size=3, components=components).view(6, 6)
     expected = torch.zeros(6, 6, dtype=torch.long)
     expected[:, 3:] = 1
     expected[4:, 4:] = 3  # 4 patches >= min_size: kept
@@ -181,7 +182,24 @@ def test_merge_fragments_folds_small_islands_into_the_region_before_them():
     snake = torch.ones(5, 5, dtype=torch.long)
     snake[1, :4] = 0
     snake[3, 1:] = 0
-    assert torch.equal(merge_fragments(snake.view(1, -1), (5, 5), min_size=2), snake.view(1, -1))
+    merged = merge_fragments(snake.view(1, -1), (5, 5), min_size=2, components=components)
+    assert torch.equal(merged, snake.view(1, -1))
+    with pytest.raises(ValueError, match="components='bfs'"):
+        merge_fragments(snake.view(1, -1), (5, 5), min_size=2, components="bfs")
+
+
+def test_both_fragment_computations_agree_on_slic_like_labels():
+    # Blocky random labels with speckle: many fragments of all sizes, on the 24 x 24 grid.
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 9, (8, 1, 6, 6), generator=gen).float()
+    labels = torch.nn.functional.interpolate(coarse, size=(24, 24)).long().view(8, -1)
+    speckle = torch.rand(8, 576, generator=gen) < 0.1
+    labels = torch.where(speckle, torch.randint(0, 9, (8, 576), generator=gen), labels)
+    for min_size in (2, 30):
+        propagated = merge_fragments(labels, (24, 24), min_size, components="propagate")
+        squared = merge_fragments(labels, (24, 24), min_size, components="square")
+        assert torch.equal(propagated, squared)
+    assert not torch.equal(propagated, labels)  # something was folded
 
 
 # -- skimage path and statistics ------------------------------------------------------------------

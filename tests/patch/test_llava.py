@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import segprune
-from conftest import EXAMPLES, method_names, position_ids_of
+from conftest import EXAMPLES, HostSyncCounter, method_names, position_ids_of
 from segprune import METHODS
 from segprune.methods.plan import Keep
 from segprune.methods.replay import ReplayConfig
@@ -308,33 +308,6 @@ def test_decode_without_position_ids_continues_from_unpruned_length(model):
         input_ids=torch.cat([inputs["input_ids"], next_token], dim=1), pixel_values=inputs["pixel_values"]
     ).logits[:, -1]
     assert (step - full).abs().max() <= 1e-4
-
-
-class HostSyncCounter:
-    """Counts the tensor-to-Python conversions (host synchronisations on CUDA) made while active."""
-
-    NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
-
-    def __init__(self, monkeypatch):
-        self.active = False
-        self.calls: list[str] = []
-        for name in self.NAMES:
-            original = getattr(torch.Tensor, name)
-
-            def counted(tensor, *args, _original=original, _name=name, **kwargs):
-                if self.active:
-                    self.calls.append(_name)
-                return _original(tensor, *args, **kwargs)
-
-            monkeypatch.setattr(torch.Tensor, name, counted)
-        original_nonzero = torch.nonzero
-
-        def nonzero(*args, **kwargs):
-            if self.active:
-                self.calls.append("nonzero")
-            return original_nonzero(*args, **kwargs)
-
-        monkeypatch.setattr(torch, "nonzero", nonzero)
 
 
 # Methods whose whole prefill inside the language model needs one host sync (the prologue that

@@ -1,4 +1,8 @@
-"""One budget axis for every method: a target image-token reduction mapped to each method's fields.
+"""Two budget axes for every method: a target image-token reduction mapped to each method's fields.
+
+`paper_config` (the sweep's default axis) sets each method as the papers do on LLaVA-1.5-7B's 32
+decoder layers, to be mapped to another depth with `segprune.methods.scale.scale_layers`; see its
+docstring. `config_for` solves for equal average cost in the given decoder:
 
 A reduction r means N_avg = (1 - r) * N: the live image tokens averaged over decoder layers (CSP
 Eq. 9), the axis CSP's Table 6 compares methods on. Equal r therefore means roughly equal decoder
@@ -68,6 +72,52 @@ def config_for(
             f"in a {n_layers}-layer decoder (closest: {achieved:.3f}, with {_fields(config, fields)})"
         )
     return config
+
+
+PAPER_LAYERS = 32  # LLaVA-1.5-7B's decoder, on which the papers set their budgets
+
+
+def paper_config(method: str, reduction: float, n_image: int, **overrides: Any) -> MethodConfig:
+    """Return `method`'s config at `reduction` as the papers set it, for a 32-layer LLaVA-1.5-7B decoder.
+
+    ALTP Table 1's convention ("retaining 57, 144, 288 tokens, corresponding to a 90%, 75%, and 50%
+    reduction"): floor((1 - r) * N) image tokens remain after the method's (last) pruning step —
+    FastV and ALTP dropping at K = 2, PyramidDrop's stages at layers 8/16/24 keeping the same fraction
+    each (the last stage holds the budget), VisionZip split 54 : 10 dominant : contextual, PruMerge+.
+    CSP keeps its Table 6 setting for r on 7B-336 (an N_avg reduction), or where Table 6 has no row
+    for r (or N is not 576), the `config_for` rule at 32 layers. `overrides` as in `config_for`.
+    Map the result to a shallower decoder with `scale_layers(config, PAPER_LAYERS, n_layers)`.
+    """
+    if not 0 < reduction < 1:
+        raise ValueError(f"reduction={reduction!r} must lie strictly between 0 and 1")
+    if method not in _RULES:
+        raise ValueError(f"no budget rule for method {method!r}; paper_config knows {sorted(_RULES)}")
+    count = max(1, math.floor((1 - reduction) * n_image + 1e-9))
+    ratio = _shortest(count / n_image, lambda r: keep_count(r, n_image) == count)
+    if method in ("fastv", "altp"):
+        fields: dict[str, Any] = {"layer": 2, "keep_ratio": ratio}
+    elif method == "pdrop":
+        layers = (8, 16, 24)
+
+        def last_stage(r: float) -> int:
+            return METHODS["pdrop"](layers=layers, ratio=r).plan(n_image, PAPER_LAYERS).live_counts()[-1]
+
+        fields = {
+            "layers": layers,
+            "ratio": _shortest((count / n_image) ** (1 / 3), lambda r: last_stage(r) == count),
+        }
+    elif method == "csp":
+        table = TABLE6[CSP_REFERENCE]
+        preset = next((row for r, row in table.items() if abs(r - reduction) < 1e-9), None)
+        if preset is None or n_image != flops.preset(CSP_REFERENCE).image_tokens:
+            return config_for(method, reduction, PAPER_LAYERS, n_image, **overrides)
+        keys = ("cluster_layers", "cluster_tokens", "scatter_layers", "prune_tokens")
+        fields = dict(zip(keys, preset, strict=True))
+    elif method == "visionzip":
+        fields = _split_visionzip(count)
+    else:
+        fields = {"plus": True, "keep_ratio": ratio}
+    return METHODS[method](**{**fields, **overrides})
 
 
 def _fields(config: MethodConfig, names: dict[str, Any]) -> str:
@@ -146,7 +196,11 @@ def _total(reduction: float, n_image: int) -> int:
 
 
 def _visionzip(reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
-    count = _total(reduction, n_image)
+    return _split_visionzip(_total(reduction, n_image))
+
+
+def _split_visionzip(count: int) -> dict[str, Any]:
+    """VisionZip's own split of 64 tokens, 54 dominant : 10 contextual, for `count` tokens."""
     contextual = round_half_up(count * 10 / 64)
     return {"dominant": count - contextual, "contextual": contextual}
 
@@ -197,3 +251,25 @@ def variants() -> dict[str, tuple[str, dict[str, Any]]]:
         else:
             rows[name] = (name, {})
     return rows
+
+
+AXES = {
+    "paper": "each method as the papers set it on LLaVA-1.5-7B for that reduction — (1 - r) * 576 image "
+    "tokens left after the last pruning step (FastV, ALTP, PDrop, VisionZip, PruMerge+), CSP's Table 6 "
+    "setting (N_avg) — with its layers mapped to this model's depth; N_avg shows what each really keeps.",
+    "navg": "target image-token reduction, 1 - N_avg / N, in this model's decoder.",
+}
+BUDGETS = tuple(AXES)
+
+
+def budget_config(
+    budget: str, method: str, reduction: float, n_layers: int, n_image: int, **overrides: Any
+) -> MethodConfig:
+    """Return `method`'s config at `reduction` for an `n_layers` decoder on the `budget` axis."""
+    from segprune.methods.scale import scale_layers
+
+    if budget == "paper":
+        return scale_layers(paper_config(method, reduction, n_image, **overrides), PAPER_LAYERS, n_layers)
+    if budget == "navg":
+        return config_for(method, reduction, n_layers, n_image, **overrides)
+    raise ValueError(f"budget={budget!r}; valid: {list(BUDGETS)}")

@@ -37,8 +37,8 @@ def add_parsers(sub: Any, method: type[MethodConfig] | None) -> None:
         "sweep",
         help="evaluate every pruning method at several budgets; write a table and a plot",
         description="For each method variant (ALTP ddc/ddf, each CSP clustering mode, ...) and each target "
-        "image-token reduction (1 - N_avg/N), derive the method's config for this model's depth "
-        "(segprune.eval.budgets.config_for), run `eval` into OUT/<task>/<method>/<reduction>/ "
+        "image-token reduction, derive the method's config for this model's depth (--budget; "
+        "segprune.eval.budgets), run `eval` into OUT/<task>/<method>/<reduction>/ "
         "(resumable), then write OUT/table.md and OUT/plot.png. See docs/evaluation.md.",
     )
     _add_common(p)
@@ -53,6 +53,14 @@ def add_parsers(sub: Any, method: type[MethodConfig] | None) -> None:
         type=_reductions,
         default=(0.5, 0.75, 0.9),
         help="comma-separated image-token reductions (default: 0.5,0.75,0.9)",
+    )
+    p.add_argument(
+        "--budget",
+        choices=("paper", "navg"),
+        default="paper",
+        help="paper: each method as the papers set it on LLaVA-1.5-7B at that reduction (ALTP Table 1's "
+        "tokens left, CSP Table 6), layers mapped to the model's depth; navg: equal N_avg in the model "
+        "(default: paper)",
     )
     p.set_defaults(run=cmd_sweep)
 
@@ -146,6 +154,7 @@ def cmd_sweep(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
         tasks=args.tasks,
         methods=args.methods,
         reductions=args.reductions,
+        budget=args.budget,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         captions=args.captions,

@@ -5,8 +5,12 @@
     OUT/table.md                      method, reduction, N_avg, TFLOPs, refseg and GCG accuracy
     OUT/plot.png                      accuracy against TFLOPs (7B-336 equivalent), one panel per task
 
-Budgets come from `config_for` (N_avg reduction, see `budgets.py`); a cell the method cannot
-reach at the model's depth is skipped and listed under the table.
+Budgets, `budget=`:
+- "paper" (default): `paper_config`, each method as the papers set it on LLaVA-1.5-7B (ALTP Table 1's
+  tokens-left convention, CSP's Table 6), its layers mapped to the model's depth by `scale_layers`;
+- "navg": `config_for`, equal N_avg = (1 - r) * N in the model's own decoder.
+A cell that cannot be built (a reduction the method cannot reach at the model's depth, layers that do
+not fit) is skipped and listed under the table.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segprune.eval.budgets import config_for, variants
+from segprune.eval.budgets import AXES, BUDGETS, budget_config, config_for, variants
 from segprune.eval.cost import SCALED_PRESET
 from segprune.eval.datasets import TASK_SOURCES, DataSpec
 from segprune.eval.runner import EvalSpec, distributed, evaluate, llava_config
@@ -67,9 +71,16 @@ def select_labels(names: Sequence[str] | None) -> list[str]:
 
 
 def plan_sweep(
-    tasks: Sequence[str], labels: Sequence[str], reductions: Sequence[float], n_layers: int, n_image: int
+    tasks: Sequence[str],
+    labels: Sequence[str],
+    reductions: Sequence[float],
+    n_layers: int,
+    n_image: int,
+    budget: str = "paper",
 ) -> list[Cell]:
     """Return the sweep's cells: per task the unpruned model, then every label at every reduction."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r}; valid: {list(BUDGETS)}")
     rows = variants()
     cells = []
     for task in tasks:
@@ -80,7 +91,7 @@ def plan_sweep(
                 overrides = {**overrides, "score_token": "last"}  # GCG's prompt holds no [SEG]
             for reduction in reductions:
                 try:
-                    config = config_for(method, reduction, n_layers, n_image, **overrides)
+                    config = budget_config(budget, method, reduction, n_layers, n_image, **overrides)
                     cells.append(Cell(task, label, reduction, config))
                 except ValueError as err:
                     cells.append(Cell(task, label, reduction, None, skipped=str(err)))
@@ -96,6 +107,7 @@ def run_sweep(
     tasks: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     reductions: Sequence[float] = REDUCTIONS,
+    budget: str = "paper",
     batch_size: int = 8,
     max_new_tokens: int = 128,
     captions: bool = False,
@@ -111,14 +123,17 @@ def run_sweep(
         reductions,
         config.text_config.num_hidden_layers,
         config.image_seq_length,
+        budget,
     )
     for cell in cells:
         if cell.skipped is None:
             spec = EvalSpec(cell.task, data, model_name, cell.config, batch_size, max_new_tokens)
             evaluate(model, spec, out / cell.name, captions=captions, progress=progress)
     if distributed()[0] == 0:
-        (out / "sweep.json").write_text(json.dumps([c.to_dict() for c in cells], indent=2) + "\n")
-        write_table(out, cells)
+        (out / "sweep.json").write_text(
+            json.dumps({"budget": budget, "cells": [c.to_dict() for c in cells]}, indent=2) + "\n"
+        )
+        write_table(out, cells, budget)
         write_plot(out, cells)
     return cells
 
@@ -132,7 +147,7 @@ def _pct(value: Any) -> str:
     return "—" if value is None or value != value else f"{100 * value:.1f}"
 
 
-def write_table(out: Path, cells: Sequence[Cell]) -> Path:
+def write_table(out: Path, cells: Sequence[Cell], budget: str = "paper") -> Path:
     """Write table.md: one row per (label, reduction), refseg and GCG columns side by side."""
     tasks = list(dict.fromkeys(c.task for c in cells))
     rows: dict[tuple[str, float | None], dict[str, Any]] = {}
@@ -162,7 +177,7 @@ def write_table(out: Path, cells: Sequence[Cell]) -> Path:
         lines.append("| " + " | ".join(row) + " |")
     notes = [
         "",
-        "Accuracy in percent. reduction: target image-token reduction, 1 - N_avg / N. TFLOPs: the model's "
+        "Accuracy in percent. reduction: " + AXES[budget] + " TFLOPs: the model's "
         "prefill (from the first task's run); the 7B-336 column runs the same per-layer schedule, scaled by "
         "depth, on LLaVA-1.5-7B-336 with 62 text tokens. — : not run.",
     ]

@@ -55,6 +55,14 @@ class ReplayConfig(MethodConfig):
         return cls(kept=tuple(k.detach().clone() for k in stats.kept_indices), check=check)
 
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
+        # Comparing recorded sets reads device tensors on the host: done once per shape, so that
+        # prefills (and CUDA graph captures) after the first make no synchronisation here.
+        plans = self.__dict__.setdefault("_plans", {})
+        if (n_image, n_layers) not in plans:
+            plans[n_image, n_layers] = self._plan(n_image, n_layers)
+        return plans[n_image, n_layers]
+
+    def _plan(self, n_image: int, n_layers: int) -> TokenPlan:
         if len(self.kept) != n_layers:
             raise ValueError(
                 f"ReplayConfig has live sets for {len(self.kept)} layers; the model has {n_layers}"

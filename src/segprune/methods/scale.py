@@ -1,15 +1,14 @@
 """Map a method config's decoder-layer fields from one depth to another (a 32-layer paper setting to the
 8-layer tiny model).
 
-Stage boundaries move proportionally: PyramidDrop's stage layers, and CSP's two boundaries, the end
-of clustering (Lc) and the end of scattering (Lc + Ls), each become `round(layer * to / from)`
-(halves up, at least 1 where the layer was at least 1). So PyramidDrop (8, 16, 24) becomes (2, 4, 6)
-on 8 layers, and CSP's 7B-336 Table 6 settings (Lc, Ls) = (7, 7) and (11, 3) become (2, 2) and (3, 1).
-
-FastV's and ALTP's drop layer K is not moved by default: the papers fix it at K = 2 ("after layer
-2"), an absolute depth at which attention has become sparse, not a fraction of the model; a
-proportional map would turn it into K = 0.5 -> 1. `scale_drop_layer=True` maps it like the others.
-Methods that prune before the decoder (VisionZip, PruMerge) have no decoder layers to map.
+Every layer field moves proportionally: FastV's and ALTP's drop layer K, PyramidDrop's stage layers,
+and CSP's two boundaries, the end of clustering (Lc) and the end of scattering (Lc + Ls), each become
+`round(layer * to / from)` (halves up, at least 1 where the layer was at least 1). So K = 2 becomes
+K = 1 on 8 layers, PyramidDrop (8, 16, 24) becomes (2, 4, 6), and CSP's 7B-336 Table 6 settings
+(Lc, Ls) = (7, 7) and (11, 3) become (2, 2) and (3, 1). Token counts are not touched, so each layer
+of the shallow model holds what the same relative depth of the deep one holds, and the evaluation's
+7B-equivalent cost (`segprune.eval.cost.scale_schedule`, the inverse map) stays close to the paper
+setting's. Methods that prune before the decoder (VisionZip, PruMerge) have no decoder layers to map.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from segprune.methods.base import MethodConfig
 from segprune.methods.fastv import round_half_up
 
 BEFORE_DECODER = ("visionzip", "prumerge")
-DROP_LAYER = ("fastv", "altp")
+DROP_LAYER = ("fastv", "altp")  # one field, `layer`
 
 
 def scale_layer(layer: int, from_layers: int, to_layers: int) -> int:
@@ -30,9 +29,7 @@ def scale_layer(layer: int, from_layers: int, to_layers: int) -> int:
     return max(1, round_half_up(layer * to_layers / from_layers))
 
 
-def scale_layers(
-    config: MethodConfig, from_layers: int = 32, to_layers: int = 8, *, scale_drop_layer: bool = False
-) -> MethodConfig:
+def scale_layers(config: MethodConfig, from_layers: int = 32, to_layers: int = 8) -> MethodConfig:
     """Return `config` with its decoder-layer fields mapped from `from_layers` to `to_layers` layers.
 
     Raises `ValueError` when the mapped layers collide (two PyramidDrop stages on one layer) or no
@@ -48,7 +45,7 @@ def scale_layers(
     if name in BEFORE_DECODER:
         return config
     if name in DROP_LAYER:
-        layer = scale(config.layer) if scale_drop_layer else config.layer
+        layer = scale(config.layer)
         if layer >= to_layers:
             raise ValueError(
                 f"{type(config).__name__}.layer={layer} does not fit a {to_layers}-layer decoder"

@@ -265,7 +265,9 @@ def cluster_patches(
     return relabel(merge_fragments(labels, grid, min_size), n_seeds)
 
 
-def merge_fragments(labels: torch.Tensor, grid: tuple[int, int], min_size: float) -> torch.Tensor:
+def merge_fragments(
+    labels: torch.Tensor, grid: tuple[int, int], min_size: float, components: str | None = None
+) -> torch.Tensor:
     """Give every connected fragment smaller than `min_size` patches the label of the region before it.
 
     SLIC's k-means leaves small islands where colour varies fast (texture); skimage's
@@ -274,8 +276,16 @@ def merge_fragments(labels: torch.Tensor, grid: tuple[int, int], min_size: float
     that patch's own fragment has been folded. Unlike skimage, two large fragments of one cluster
     keep one label, so the number of labels never exceeds the number of clusters.
 
+    Fragments are found by one of two computations of the same thing (each patch's root, the first
+    patch of its fragment): "propagate" spreads the smallest index over same-label neighbours and
+    stops when nothing changes, which needs a host check per round, so it is the CPU default;
+    "square" squares the `(N, N)` same-label adjacency ceil(log2 N) times, a fixed few large
+    matrix products with no host check, the default on other devices (under a CUDA graph the
+    propagation's fixed worst case, rows + cols rounds of small kernels, cost far more).
+
     Args:
         labels: `(batch, N)` long, row-major over the `(rows, cols)` grid.
+        components: "propagate" or "square"; None picks by device as above.
     Returns:
         `(batch, N)` long labels, a subset of the input labels per sample.
     """
@@ -295,20 +305,14 @@ def merge_fragments(labels: torch.Tensor, grid: tuple[int, int], min_size: float
         dim=1,
     ).flatten()
     same = labels.gather(1, neighbours.expand(batch, -1)).view(batch, n, 4) == labels[:, :, None]
-    # Connected components: each patch ends at the smallest index of its fragment. Min over
-    # same-label neighbours spreads it, pointer jumping (root = root[root]) shortcuts long chains;
-    # rows + cols rounds cover any fragment whose in-fragment path to its first patch is that short
-    # (longer, snake-like fragments would stay split: harmless, they are only folded more eagerly).
-    root = index.expand(batch, n)
-    for _ in range(rows + cols):
-        reach = root.gather(1, neighbours.expand(batch, -1)).view(batch, n, 4)
-        update = torch.minimum(root, torch.where(same, reach, n).amin(dim=-1))
-        update = update.gather(1, update)
-        # A round that changes nothing has converged; checking costs a host sync, so only on CPU
-        # (typical images converge in about 10 rounds). Other devices run every round: same result.
-        if update.device.type == "cpu" and torch.equal(update, root):
-            break
-        root = update
+    if components is None:
+        components = "propagate" if device.type == "cpu" else "square"
+    if components == "propagate":
+        root = _roots_by_propagation(same, neighbours, index, rows + cols)
+    elif components == "square":
+        root = _roots_by_squaring(same, neighbours, index)
+    else:
+        raise ValueError(f"components={components!r}; valid: 'propagate', 'square'")
     size = torch.zeros_like(root).scatter_add_(1, root, torch.ones_like(root))
     # The fragment rooted at r is folded into the fragment of the patch before r: left, else above.
     before = torch.where(col > 0, index - 1, torch.where(row > 0, index - cols, index))
@@ -318,6 +322,45 @@ def merge_fragments(labels: torch.Tensor, grid: tuple[int, int], min_size: float
     for _ in range(max(1, (n - 1).bit_length())):
         target = target.gather(1, target)
     return labels.gather(1, target.gather(1, root))
+
+
+def _roots_by_propagation(
+    same: torch.Tensor, neighbours: torch.Tensor, index: torch.Tensor, rounds: int
+) -> torch.Tensor:
+    """Each patch's smallest same-fragment index by min-label propagation with pointer jumping.
+
+    Min over same-label neighbours spreads the root, pointer jumping (root = root[root]) shortcuts
+    long chains; `rounds` (rows + cols) cover any fragment whose in-fragment path to its first patch
+    is that short (longer, snake-like fragments would stay split: harmless, they are only folded
+    more eagerly). On CPU a round that changes nothing ends the loop (typical images converge in
+    about 10 rounds); elsewhere that check would be a host sync, so every round runs: same result.
+    """
+    batch, n, _ = same.shape
+    root = index.expand(batch, n)
+    for _ in range(rounds):
+        reach = root.gather(1, neighbours.expand(batch, -1)).view(batch, n, 4)
+        update = torch.minimum(root, torch.where(same, reach, n).amin(dim=-1))
+        update = update.gather(1, update)
+        if update.device.type == "cpu" and torch.equal(update, root):
+            break
+        root = update
+    return root
+
+
+def _roots_by_squaring(same: torch.Tensor, neighbours: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Each patch's smallest same-fragment index from the transitive closure of the adjacency.
+
+    After k squarings of (A + I), clamped to 0/1, entry (i, j) says whether j is reachable from i
+    in at most 2^k steps; ceil(log2 N) squarings reach every patch of a fragment. Entries are 0/1
+    and sums at most N, exact in float32 accumulation (and in TF32, whose inputs 0 and 1 are exact).
+    """
+    batch, n, _ = same.shape
+    reach = torch.zeros(batch, n, n, device=same.device)
+    reach.scatter_(2, neighbours.view(1, n, 4).expand(batch, -1, -1), same.float())
+    reach = torch.maximum(reach, torch.eye(n, device=same.device))
+    for _ in range(max(1, (n - 1).bit_length())):
+        reach = (reach @ reach).clamp_(max=1)
+    return torch.where(reach > 0, index, n).amin(dim=-1)
 
 
 def skimage_slic(

@@ -24,7 +24,7 @@ from segprune import flops
 from segprune.methods.base import MethodConfig
 from segprune.methods.plan import Keep, SelectContext, TokenPlan
 from segprune.methods.scores import attention_row
-from segprune.patch.state import ForwardState, PruneStats
+from segprune.patch.state import ForwardState, PruneStats, StaticLayout
 from segprune.patch.vision import VisionCapture
 
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -69,6 +69,9 @@ class LlavaAdapter:
         if expected:
             config.plan(expected, self.n_layers)  # fail at prune_ time on a plan that cannot fit
         self.state: ForwardState | None = None
+        # Set by segprune.graph.GraphedPrefill around the forwards it warms up and captures: the
+        # prologue's facts known in advance, so the prefill makes no host synchronisation at all.
+        self.static: StaticLayout | None = None
         self._pending: dict[str, Any] | None = None
         vision_layers = config.vision_layers()
         self.vision = (
@@ -207,7 +210,10 @@ class LlavaAdapter:
         image_mask = pending["image_mask"] if pending else None
         if image_mask is not None and image_mask.shape != (batch, length):
             image_mask = None
-        n_image, padded = self._prologue(image_mask, valid)
+        if self.static is not None:
+            n_image, padded = self.static.n_image, False
+        else:
+            n_image, padded = self._prologue(image_mask, valid)
         if not padded:
             valid = None
         seq = torch.arange(length, device=device).expand(batch, length).contiguous()
@@ -332,8 +338,11 @@ class LlavaAdapter:
                     f"instance_masks returned shape {tuple(instance_masks.shape)}; "
                     f"expected (batch, N) = {(pixel_values.shape[0], n_image)}"
                 )
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(getattr(self.config, "seed", 0)))
+        if self.static is not None:  # seeded by its owner outside graph capture
+            generator = self.static.generator
+        else:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(getattr(self.config, "seed", 0)))
         return SelectContext(
             n_image=n_image,
             grid=self.grid,
@@ -424,7 +433,7 @@ class LlavaAdapter:
                 "use score_token='last' for plain generation"
             )
         is_seg = input_ids == self.seg_token_id
-        if not bool(is_seg.any(dim=1).all()):
+        if self.static is None and not bool(is_seg.any(dim=1).all()):  # a static layout checked it
             raise ValueError(
                 f"score token 'seg': some samples hold no [SEG] token (id {self.seg_token_id}) "
                 "in the prefill; "

@@ -61,6 +61,19 @@ class PruneStats:
         return flops.decoder_flops(self._per_layer(), self.dims, text, formula) / dense
 
 
+@dataclass(frozen=True)
+class StaticLayout:
+    """What an adapter's prefill would otherwise read on the host, fixed in advance (CUDA graphs).
+
+    Attributes:
+        n_image: N, image tokens per sample.
+        generator: the generator random selectors draw from, seeded by the owner before each run.
+    """
+
+    n_image: int
+    generator: torch.Generator | None = None
+
+
 @dataclass
 class ForwardState:
     """Per-prefill bookkeeping of an adapter; replaced at every new prefill, extended by decode steps.

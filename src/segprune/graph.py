@@ -1,0 +1,261 @@
+"""A LLaVA prefill, pruned or not, replayed as one CUDA graph: the low-overhead path for small batches.
+
+At batch 1 a 7B decoder is bound by Python and kernel launches, so pruning buys little until the
+launches go (docs/benchmarks.md). Exact budgets make every shape of a pruned prefill depend on the
+prompt's layout alone, so the whole prefill — vision tower, projector, selection (superpixels,
+scores, merging) and decoder — can be captured once and replayed:
+
+    runner = segprune.GraphedPrefill(model, input_ids, pixel_values)   # captures (CUDA only)
+    out = runner(input_ids, pixel_values)      # same shapes and layout, new values: replays
+    out.logits, out.last_hidden_state, out.past_key_values             # valid until the next call
+
+`prefill(model, input_ids, pixel_values)` is the same computation run eagerly (any device).
+
+Rules: no padding (every sample the same length); each call's prompt has the layout of the one
+captured (image tokens at the same positions; a [SEG] in every sample when the method scores by
+[SEG]) — checked at every call, which costs one small comparison and one synchronisation before the
+replay; outputs live in the graph's memory and are overwritten by the next call (clone to keep).
+The returned cache continues with ordinary (eager) cached decode steps, as after `model(...)`;
+`segprune.stats(model)` describes the replayed prefill. A method that reads values on the host
+during its forward (VisionZip and PruMerge+ do) cannot be captured: construction names the
+synchronising call instead of failing inside the capture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from segprune.patch import _adapter
+from segprune.patch.llava import find_llava
+from segprune.patch.state import StaticLayout
+
+__all__ = ["GraphedPrefill", "PrefillOutput", "prefill"]
+
+
+@dataclasses.dataclass
+class PrefillOutput:
+    """The prefill's results: next-token logits `(batch, 1, vocab)` (None for a bare LlavaModel), the
+    final-norm hidden states `(batch, L, D)` at the unpruned length, and the filled KV cache."""
+
+    logits: torch.Tensor | None
+    last_hidden_state: torch.Tensor
+    past_key_values: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """The prompt facts a captured prefill depends on."""
+
+    shape: tuple[int, int]
+    image_mask: torch.Tensor  # (batch, L) bool, on the host
+    image_seq: torch.Tensor  # (batch, N) sequence index of each image token, on the model's device
+    needs_seg: bool
+
+    @property
+    def n_image(self) -> int:
+        return self.image_seq.shape[1]
+
+
+def _layout(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> _Layout:
+    llava = find_llava(model)
+    if llava is None:
+        raise TypeError(f"{type(model).__name__} holds no transformers LlavaModel")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    ids = input_ids.detach().cpu()
+    image_mask = ids == llava.config.image_token_id
+    counts = image_mask.sum(dim=1)
+    expected = getattr(llava.config, "image_seq_length", None)
+    if int(counts.min()) != int(counts.max()) or (expected and int(counts[0]) != expected):
+        raise ValueError(
+            f"every sample must hold the model's {expected} image tokens; got {counts.tolist()} per sample"
+        )
+    if pixel_values.shape[0] != ids.shape[0]:
+        raise ValueError(
+            f"pixel_values holds {pixel_values.shape[0]} images for {ids.shape[0]} samples; "
+            "one image per sample"
+        )
+    adapter = _adapter(model)
+    needs_seg = False
+    if adapter is not None:
+        plan = adapter.config.plan(int(counts[0]), adapter.n_layers)
+        needs_seg = any(getattr(getattr(step, "score", None), "token", None) == "seg" for step in plan.steps)
+        if needs_seg:
+            if adapter.seg_token_id is None:
+                raise ValueError("the method scores by [SEG] attention: prune_(..., seg_token_id=...)")
+            if not bool((ids == adapter.seg_token_id).any(dim=1).all()):
+                raise ValueError(
+                    f"the method scores by [SEG] attention but some samples hold no [SEG] (id "
+                    f"{adapter.seg_token_id}); use score_token='last'"
+                )
+    order = torch.sort((~image_mask).to(torch.int8), dim=1, stable=True).indices[:, : int(counts[0])]
+    return _Layout(tuple(ids.shape), image_mask, order.to(input_ids.device), needs_seg)
+
+
+def _merge_image_features(
+    model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor, layout: _Layout
+):
+    """Return the decoder's input embeddings: text embeddings with the projected image features placed."""
+    llava = find_llava(model)
+    config = llava.config
+    embeds = llava.get_input_embeddings()(input_ids)
+    features = llava.get_image_features(
+        pixel_values=pixel_values,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+    ).pooler_output
+    features = torch.stack(list(features)).to(embeds.dtype)
+    index = layout.image_seq[..., None].expand(-1, -1, embeds.shape[-1])
+    return embeds.scatter(1, index, features)
+
+
+def _run(
+    model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor, layout: _Layout
+) -> PrefillOutput:
+    llava = find_llava(model)
+    embeds = _merge_image_features(model, input_ids, pixel_values, layout)
+    adapter = _adapter(model)
+    if adapter is not None:  # what its LlavaModel pre-hook would have captured
+        image_mask = input_ids == llava.config.image_token_id
+        adapter._pending = {"image_mask": image_mask, "input_ids": input_ids}
+    out = llava.language_model(inputs_embeds=embeds, use_cache=True, return_dict=True)
+    hidden = out.last_hidden_state
+    head = getattr(model, "lm_head", None)
+    logits = head(hidden[:, -1:]) if head is not None else None
+    return PrefillOutput(logits, hidden, out.past_key_values)
+
+
+@torch.no_grad()
+def prefill(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> PrefillOutput:
+    """Run the prefill `GraphedPrefill` captures, eagerly: logits of the last position, hidden states, cache.
+
+    Equal to `model(input_ids=..., pixel_values=..., use_cache=True)` for unpadded prompts; the graph
+    path's reference.
+    """
+    return _run(model, input_ids, pixel_values, _layout(model, input_ids, pixel_values))
+
+
+@contextlib.contextmanager
+def _static(model: nn.Module, layout: _Layout, generator: torch.Generator | None) -> Iterator[None]:
+    adapter = _adapter(model)
+    if adapter is None:
+        yield
+        return
+    adapter.static = StaticLayout(layout.n_image, generator)
+    try:
+        yield
+    finally:
+        adapter.static = None
+
+
+@contextlib.contextmanager
+def _sync_errors() -> Iterator[None]:
+    """Make every host synchronisation raise, naming the call (instead of a failed graph capture)."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+class GraphedPrefill:
+    """The prefill of `model` (pruned by `segprune.prune_` or not) captured as one CUDA graph.
+
+    Args:
+        model: a LLaVA model on a CUDA device (`LlavaForConditionalGeneration`, `LlavaModel`, or a
+            module holding one). Prune it before capturing; re-capture after `prune_`/`unprune`.
+        input_ids, pixel_values: an example prompt: its shapes and layout are fixed from now on.
+        warmup: eager runs before the capture (at least 1).
+    """
+
+    def __init__(
+        self, model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor, *, warmup: int = 2
+    ):
+        if input_ids.device.type != "cuda":
+            raise ValueError(
+                f"GraphedPrefill needs the model and inputs on a CUDA device, got input_ids on "
+                f"{input_ids.device}; use segprune.graph.prefill for the same computation eagerly"
+            )
+        if warmup < 1:
+            raise ValueError(f"warmup={warmup} is out of range; valid: >= 1")
+        self.model = model
+        self.layout = _layout(model, input_ids, pixel_values)
+        self.input_ids = input_ids.clone()
+        self.pixel_values = pixel_values.clone()
+        adapter = _adapter(model)
+        self.adapter = adapter
+        self.seed = int(getattr(adapter.config, "seed", 0)) if adapter is not None else 0
+        self.generator = torch.Generator(device=input_ids.device) if adapter is not None else None
+
+        stream = torch.cuda.Stream(input_ids.device)
+        stream.wait_stream(torch.cuda.current_stream(input_ids.device))
+        with torch.no_grad(), torch.cuda.stream(stream), _static(model, self.layout, self.generator):
+            for _ in range(warmup):
+                self._seed()
+                with _sync_errors():
+                    _run(model, self.input_ids, self.pixel_values, self.layout)
+        torch.cuda.current_stream(input_ids.device).wait_stream(stream)
+
+        self.graph = torch.cuda.CUDAGraph()
+        if self.generator is not None:
+            self.graph.register_generator_state(self.generator)
+        self._seed()
+        with torch.no_grad(), _static(model, self.layout, self.generator), torch.cuda.graph(self.graph):
+            self.output = _run(model, self.input_ids, self.pixel_values, self.layout)
+        # What the capture left behind for decode steps and stats; restored before each replay returns,
+        # since decode steps extend both.
+        self._state = adapter.state if adapter is not None else None
+        self._key_seq = list(self._state.key_seq) if self._state is not None else []
+        self._cache_layers = [(layer.keys, layer.values) for layer in self.output.past_key_values.layers]
+
+    def _seed(self) -> None:
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed)
+
+    def check(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> None:
+        """Raise `ValueError` unless a call with these inputs can replay the captured graph."""
+        layout = self.layout
+        if tuple(input_ids.shape) != layout.shape or pixel_values.shape != self.pixel_values.shape:
+            raise ValueError(
+                f"captured for input_ids {layout.shape} and pixel_values {tuple(self.pixel_values.shape)}; "
+                f"got {tuple(input_ids.shape)} and {tuple(pixel_values.shape)}: "
+                "capture another GraphedPrefill"
+            )
+        image_id = find_llava(self.model).config.image_token_id
+        device_mask = layout.image_seq.new_zeros(layout.shape, dtype=torch.bool)
+        device_mask.scatter_(1, layout.image_seq, True)
+        bad = ((input_ids.to(device_mask.device) == image_id) != device_mask).any()
+        if layout.needs_seg:
+            bad = bad | ~(input_ids == self.adapter.seg_token_id).any(dim=1).all()
+        if bool(bad):  # the one synchronisation of a call
+            raise ValueError(
+                "the prompt's layout differs from the captured one (image tokens elsewhere, or a sample "
+                "without [SEG] where the method scores by it): capture another GraphedPrefill"
+            )
+
+    @torch.no_grad()
+    def __call__(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, *, check: bool = True
+    ) -> PrefillOutput:
+        """Replay the prefill on new inputs; see the module docstring for the rules."""
+        if check:
+            self.check(input_ids, pixel_values)
+        self.input_ids.copy_(input_ids)
+        self.pixel_values.copy_(pixel_values)
+        self._seed()
+        self.graph.replay()
+        cache = self.output.past_key_values
+        for layer, (keys, values) in zip(cache.layers, self._cache_layers, strict=True):
+            layer.keys, layer.values = keys, values
+        if self._state is not None:
+            self.adapter.state = dataclasses.replace(
+                self._state, key_seq=list(self._key_seq), seq_len=self.layout.shape[1]
+            )
+        return self.output

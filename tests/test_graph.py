@@ -1,0 +1,174 @@
+"""The graph path: `prefill` equals the model's own forward; with a static layout the pruned prefill
+makes no host synchronisation; `GraphedPrefill` replays equal eager prefills (CUDA only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import segprune
+from conftest import EXAMPLES, HostSyncCounter
+from segprune.graph import GraphedPrefill, _layout, _static, prefill
+from segprune.methods import CSPConfig
+from segprune.methods.replay import ReplayConfig
+from segprune.models import tiny_llava_inputs
+
+SEG = 7  # a text id used as [SEG] in these prompts
+# Methods whose forward can be captured: selection and scoring stay on the device.
+GRAPHABLE = {
+    "fastv": EXAMPLES["fastv"],
+    "pdrop": EXAMPLES["pdrop"],
+    "altp": EXAMPLES["altp"],
+    "csp-uniform-last": EXAMPLES["csp"],
+    "csp-seg_first-seg": CSPConfig(
+        cluster_layers=1,
+        cluster_tokens=6,
+        scatter_layers=1,
+        prune_tokens=3,
+        cluster="seg_first",
+        score_token="seg",
+    ),
+    "csp-random-seg": CSPConfig(
+        cluster_layers=1,
+        cluster_tokens=6,
+        scatter_layers=1,
+        prune_tokens=3,
+        cluster="random",
+        score_token="seg",
+    ),
+}
+
+
+def unpadded(model, batch=2, seed=1):
+    inputs = tiny_llava_inputs(model, batch=batch, prompt_lengths=(6,), seed=seed)
+    inputs["input_ids"][:, -1] = SEG
+    return inputs["input_ids"], inputs["pixel_values"]
+
+
+@pytest.fixture(autouse=True)
+def _unpruned(model):
+    yield
+    segprune.unprune(model)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", [None, *GRAPHABLE])
+def test_prefill_equals_the_models_forward(model, name):
+    if name is not None:
+        segprune.prune_(model, GRAPHABLE[name], seg_token_id=SEG)
+    ids, pixels = unpadded(model)
+    ref = model(input_ids=ids, pixel_values=pixels, use_cache=True, output_hidden_states=True)
+    ref_stats = segprune.stats(model) if name else None
+    out = prefill(model, ids, pixels)
+    assert (out.logits[:, -1] - ref.logits[:, -1]).abs().max() <= 1e-5
+    assert (out.last_hidden_state - ref.hidden_states[-1]).abs().max() <= 1e-5
+    if name:
+        stats = segprune.stats(model)
+        for kept, ref_kept in zip(stats.kept_indices, ref_stats.kept_indices, strict=True):
+            assert torch.equal(kept, ref_kept)
+    # Decoding continues from either cache alike.
+    token = ref.logits[:, -1:].argmax(-1)
+    step = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True).logits
+    ref_out = model(input_ids=ids, pixel_values=pixels, use_cache=True)
+    ref_step = model(input_ids=token, past_key_values=ref_out.past_key_values, use_cache=True).logits
+    assert (step - ref_step).abs().max() <= 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", [*GRAPHABLE, "replay"])
+def test_static_layout_prefill_never_reads_the_host(model, name, monkeypatch):
+    ids, pixels = unpadded(model)
+    config = GRAPHABLE.get(name)
+    if name == "replay":
+        segprune.prune_(model, EXAMPLES["fastv"])
+        model(input_ids=ids, pixel_values=pixels)
+        config = ReplayConfig.from_stats(segprune.stats(model), check=False)  # the check syncs
+    segprune.prune_(model, config, seg_token_id=SEG)
+    layout = _layout(model, ids, pixels)
+    generator = torch.Generator().manual_seed(0)
+    counter = HostSyncCounter(monkeypatch)
+    lm = model.model.language_model
+    hooks = [
+        lm.register_forward_pre_hook(lambda *a: setattr(counter, "active", True)),
+        lm.register_forward_hook(lambda *a: setattr(counter, "active", False)),
+    ]
+    try:
+        with _static(model, layout, generator):
+            prefill(model, ids, pixels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert counter.calls == [], counter.calls
+    assert model.model._segprune_adapter.static is None  # only while the owner runs it
+
+
+def test_bad_layouts_are_named(model):
+    ids, pixels = unpadded(model)
+    with pytest.raises(ValueError, match="needs the model and inputs on a CUDA device"):
+        GraphedPrefill(model, ids, pixels)
+    short = ids.clone()
+    short[0, 3] = 9  # one image token fewer in the first sample
+    with pytest.raises(ValueError, match=r"image tokens; got \[15, 16\]"):
+        prefill(model, short, pixels)
+    with pytest.raises(ValueError, match="2 images for 1 samples"):
+        prefill(model, ids[:1], pixels)
+    segprune.prune_(model, GRAPHABLE["csp-seg_first-seg"], seg_token_id=SEG)
+    no_seg = ids.clone()
+    no_seg[:, -1] = 8
+    with pytest.raises(ValueError, match=r"some samples hold no \[SEG\] \(id 7\)"):
+        prefill(model, no_seg, pixels)
+
+
+# -- on a CUDA device ---------------------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture
+def cuda_model(model):
+    return model.to("cuda")
+
+
+@pytest.mark.gpu
+@cuda
+@torch.no_grad()
+@pytest.mark.parametrize("name", [None, *GRAPHABLE])
+def test_replay_equals_eager_prefill(name):
+    from segprune.models import tiny_llava
+
+    model = tiny_llava().cuda()
+    if name is not None:
+        segprune.prune_(model, GRAPHABLE[name], seg_token_id=SEG)
+    ids, pixels = (t.cuda() for t in unpadded(model))
+    runner = GraphedPrefill(model, ids, pixels)
+    for seed in (2, 3):  # new values, same layout
+        new_ids, new_pixels = (t.cuda() for t in unpadded(model, seed=seed))
+        out = runner(new_ids, new_pixels)
+        logits, hidden = out.logits.clone(), out.last_hidden_state.clone()
+        kept = [k.clone() for k in segprune.stats(model).kept_indices] if name else []
+        token = logits[:, -1:].argmax(-1)
+        step = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True).logits
+        ref = prefill(model, new_ids, new_pixels)
+        assert (logits - ref.logits).abs().max() <= 1e-4
+        assert (hidden - ref.last_hidden_state).abs().max() <= 1e-4
+        if name:
+            for a, b in zip(kept, segprune.stats(model).kept_indices, strict=True):
+                assert torch.equal(a, b)
+        ref_step = model(input_ids=token, past_key_values=ref.past_key_values, use_cache=True).logits
+        assert (step - ref_step).abs().max() <= 1e-4
+    moved = ids.clone()
+    moved[:, [1, 2]] = moved[:, [2, 1]]  # swap a text token with the first image token
+    with pytest.raises(ValueError, match="layout differs"):
+        runner(moved, pixels)
+
+
+@pytest.mark.gpu
+@cuda
+def test_host_reading_methods_are_refused_by_name():
+    from segprune.models import tiny_llava
+
+    model = tiny_llava().cuda()
+    segprune.prune_(model, EXAMPLES["visionzip"])
+    ids, pixels = (t.cuda() for t in unpadded(model))
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        GraphedPrefill(model, ids, pixels)
