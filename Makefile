@@ -27,7 +27,7 @@ test-oldest: $(STAMP)
 		--target .compat/transformers-$(OLDEST_TRANSFORMERS) transformers==$(OLDEST_TRANSFORMERS)
 	PYTHONPATH=.compat/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -c \
 		"import transformers; assert transformers.__version__ == '$(OLDEST_TRANSFORMERS)', transformers.__version__"
-	PYTHONPATH=.compat/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -m pytest -q -m "not slow and not gpu" tests/patch tests/methods
+	PYTHONPATH=.compat/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -m pytest -q -m "not slow and not gpu" tests/patch tests/methods tests/test_graph.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -1,0 +1,106 @@
+"""Paired comparisons between sweep cells, from their per-sample records (docs/results.md).
+
+    python benchmarks/sweep_report.py runs/shapes-val [--reductions 0.75,0.9] [--base fastv,pdrop]
+
+For each reduction, every method row against each base row on the same referring queries: the
+mean per-query IoU difference (gIoU points) with a 95% bootstrap interval over queries (paired,
+2,000 resamples, seed 0), over all queries and over small targets only (< 1% of the image); and
+for GCG the per-image difference in mask recall at IoU >= 0.5 ignoring phrases. Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+RESAMPLES = 2000
+
+
+def refseg_ious(cell: Path) -> dict[int, tuple[float, bool]]:
+    """Return index -> (IoU, small) of a refseg cell; IoU 1 when both masks are empty (LISA's rule)."""
+    out = {}
+    for path in sorted(cell.glob("samples*.jsonl")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            iou = r["intersection"] / r["union"] if r["union"] else 1.0
+            out[r["index"]] = (iou, "small" in r["tags"])
+    return out
+
+
+def gcg_hits(cell: Path) -> dict[int, float]:
+    """Return index -> fraction of reference masks matched by some predicted mask at IoU >= 0.5."""
+    from pycocotools import mask as mask_utils
+
+    out = {}
+    for path in sorted(cell.glob("samples*.jsonl")):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            refs, preds = (
+                [{**m, "counts": m["counts"].encode()} for m in r[key]["masks"]] for key in ("ref", "pred")
+            )
+            if not refs:
+                continue
+            if not preds:
+                out[r["index"]] = 0.0
+                continue
+            ious = mask_utils.iou(preds, refs, [0] * len(refs))
+            out[r["index"]] = float((np.asarray(ious).max(axis=0) >= 0.5).mean())
+    return out
+
+
+def paired(a: dict, b: dict, pick=lambda v: True) -> tuple[float, float, float, int]:
+    """Mean of a - b over shared keys passing `pick` (on a's value), with a 95% bootstrap interval."""
+    keys = [k for k in a if k in b and pick(a[k])]
+    if not keys:
+        return float("nan"), float("nan"), float("nan"), 0
+    value = (lambda v: v[0]) if isinstance(a[keys[0]], tuple) else (lambda v: v)
+    diff = np.array([value(a[k]) - value(b[k]) for k in keys])
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), (RESAMPLES, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high), len(keys)
+
+
+def fmt(stats: tuple[float, float, float, int]) -> str:
+    mean, low, high, _ = stats
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--reductions", default="0.75,0.9")
+    parser.add_argument("--base", default="fastv,pdrop")
+    args = parser.parse_args()
+    bases = args.base.split(",")
+    for reduction in args.reductions.split(","):
+        r = f"{float(reduction):g}"
+        rows = sorted(p.name for p in (args.out / "refseg").iterdir() if (p / r).is_dir())
+        print(f"\n### {float(reduction):.0%}: IoU difference against {', '.join(bases)} (points, 95% CI)\n")
+        header = ["method"] + [f"vs {b}: {what}" for b in bases for what in ("all", "small", "GCG recall")]
+        print("| " + " | ".join(header) + " |")
+        print("|" + " --- |" * len(header))
+        for row in rows:
+            if row in bases:
+                continue
+            cells = [row]
+            for base in bases:
+                a, b = args.out / "refseg" / row / r, args.out / "refseg" / base / r
+                if not (a / "summary.json").exists() or not (b / "summary.json").exists():
+                    cells += ["—"] * 3
+                    continue
+                ia, ib = refseg_ious(a), refseg_ious(b)
+                cells += [fmt(paired(ia, ib)), fmt(paired(ia, ib, lambda v: v[1]))]
+                ga, gb = args.out / "gcg" / row / r, args.out / "gcg" / base / r
+                if (ga / "summary.json").exists() and (gb / "summary.json").exists():
+                    cells.append(fmt(paired(gcg_hits(ga), gcg_hits(gb))))
+                else:
+                    cells.append("—")
+            print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
