@@ -1,6 +1,6 @@
 """Paired comparisons between sweep cells, from their per-sample records (docs/results.md).
 
-    python benchmarks/sweep_report.py runs/shapes-val [--reductions 0.75,0.9] [--base fastv,pdrop]
+    python benchmarks/sweep_report.py runs/shapes-val [--reductions 0.75,0.9] [--base fastv,pdrop,blind]
 
 For each reduction, every method row against each base row on the same referring queries: the
 mean per-query IoU difference (gIoU points) with a 95% bootstrap interval over queries (paired,
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 RESAMPLES = 2000
+DENSE = ("unpruned", "blind")  # base rows without a reduction (blind: benchmarks/blind_refseg.py)
 
 
 def refseg_ious(cell: Path) -> dict[int, tuple[float, bool]]:
@@ -84,17 +85,18 @@ def main() -> None:
         print("| " + " | ".join(header) + " |")
         print("|" + " --- |" * len(header))
         for row in rows:
-            if row in bases:
+            if row in bases or row in DENSE:
                 continue
             cells = [row]
             for base in bases:
-                a, b = args.out / "refseg" / row / r, args.out / "refseg" / base / r
-                if not (a / "summary.json").exists() or not (b / "summary.json").exists():
+                base_r = "dense" if base in DENSE else r
+                a, b = args.out / "refseg" / row / r, args.out / "refseg" / base / base_r
+                if not (a / "summary.json").exists() or not (b / "samples.jsonl").exists():
                     cells += ["—"] * 3
                     continue
                 ia, ib = refseg_ious(a), refseg_ious(b)
                 cells += [fmt(paired(ia, ib)), fmt(paired(ia, ib, lambda v: v[1]))]
-                ga, gb = args.out / "gcg" / row / r, args.out / "gcg" / base / r
+                ga, gb = args.out / "gcg" / row / r, args.out / "gcg" / base / base_r
                 if (ga / "summary.json").exists() and (gb / "summary.json").exists():
                     cells.append(fmt(paired(gcg_hits(ga), gcg_hits(gb))))
                 else:
