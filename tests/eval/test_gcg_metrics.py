@@ -20,6 +20,7 @@ from segprune.eval.metrics import (
     GCGAnnotation,
     decode_rle,
     evaluate_gcg,
+    evaluate_gcg_small,
     gcg_miou,
     gcg_recall,
     image_miou,
@@ -191,6 +192,40 @@ def test_ap50_ties_rank_by_sorted_image_id():
     preds = [ann("b", [gt]), ann("a", [strip(20, 10, 20)])]
     refs = [ann("b", [gt]), ann("a", [gt])]
     assert mask_ap50(preds, refs) == pytest.approx(25.5 / 101)
+
+
+# Small objects: 1 x 400 images, so 1% is 4 pixels; SMALL covers 3, BIG 100.
+SMALL, BIG = strip(400, 0, 3), strip(400, 100, 200)
+
+
+def test_small_object_ap50_follows_cocos_area_rule():
+    refs = [ann(1, [SMALL, BIG])]
+    # Both found: the big pair is ignored (its ground truth is out of range), the small one is a TP.
+    assert mask_ap50([ann(1, [BIG, SMALL])], refs, small_fraction=0.01) == pytest.approx(1.0)
+    # A big false positive is ignored too (unmatched and out of range), though it costs overall AP.
+    preds = [ann(1, [strip(400, 250, 350), SMALL])]
+    assert mask_ap50(preds, refs, small_fraction=0.01) == pytest.approx(1.0)
+    assert mask_ap50(preds, refs) < 1.0
+    # A small false positive counts, and the missed small object leaves recall at 0.
+    assert mask_ap50([ann(1, [BIG, strip(400, 300, 303)])], refs, small_fraction=0.01) == 0.0
+    # Exactly 1% is not small: no ground truth in range.
+    assert np.isnan(
+        mask_ap50([ann(1, [strip(400, 0, 4)])], [ann(1, [strip(400, 0, 4)])], small_fraction=0.01)
+    )
+
+
+def test_small_object_miou_and_recall_by_hand():
+    # Image 1: the small object is found with IoU 2/3 (pixels 0-1 of 0-2) under the right phrase;
+    # image 2 holds no small object and is left out.
+    preds = [ann(1, [strip(400, 0, 2), BIG], ["dot", "bar"]), ann(2, [BIG], ["bar"])]
+    refs = [ann(1, [SMALL, BIG], ["dot", "bar"]), ann(2, [BIG], ["bar"])]
+    small = evaluate_gcg_small(preds, refs, text_similarity=EqualTextSimilarity())
+    assert (small["n_images"], small["n_objects"]) == (1, 1)
+    assert small["miou"] == pytest.approx(2 / 3)
+    assert small["recall"] == pytest.approx(1.0)
+    assert small["ap50"] == pytest.approx(1.0)
+    renamed = [ann(1, [strip(400, 0, 2), BIG], ["bar", "dot"]), preds[1]]
+    assert evaluate_gcg_small(renamed, refs, text_similarity=EqualTextSimilarity())["recall"] == 0.0
 
 
 def test_ap50_edge_cases():

@@ -142,7 +142,9 @@ def test_sweep_end_to_end(tmp_path):
             assert summary["config"]["method"]["score_token"] == "last"
     table = (tmp_path / "table.md").read_text()
     assert table.startswith("| method | reduction | N_avg | TFLOPs |")
-    assert "| gIoU | cIoU | small gIoU | small cIoU | AP50 | mIoU | recall |" in table.splitlines()[0] + " |"
+    header = "| gIoU | cIoU | small gIoU | small cIoU | AP50 | mIoU | recall | small AP50 | small mIoU "
+    header += "| small recall |"
+    assert header in table.splitlines()[0] + " |"
     for label in labels:
         assert f"| {label} |" in table
     assert "| unpruned | 0 | 16.00 |" in table and "| fastv | 0.5 | 7.75 |" in table

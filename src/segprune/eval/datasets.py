@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from segprune.data.scene import QUERY_TYPES, Scene
+from segprune.eval.metrics.masks import SMALL_FRACTION
 
 FORMATS = ("refcoco", "reasonseg", "grandf")
 TASK_SOURCES = {"refseg": ("shapes", "refcoco", "reasonseg"), "gcg": ("shapes", "grandf")}
-SMALL_FRACTION = 0.01  # "small object": the target covers less than 1% of the image
 
 
 @dataclass(frozen=True)

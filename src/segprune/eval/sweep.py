@@ -157,7 +157,7 @@ def write_table(out: Path, cells: Sequence[Cell], budget: str = "paper") -> Path
     if "refseg" in tasks:
         header += ["gIoU", "cIoU", "small gIoU", "small cIoU"]
     if "gcg" in tasks:
-        header += ["AP50", "mIoU", "recall"]
+        header += ["AP50", "mIoU", "recall", "small AP50", "small mIoU", "small recall"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for (label, reduction), by_task in rows.items():
         first = next((s for s in (by_task.get(t) for t in tasks) if s), None)
@@ -174,10 +174,13 @@ def write_table(out: Path, cells: Sequence[Cell], budget: str = "paper") -> Path
         if "gcg" in tasks:
             acc = (by_task.get("gcg") or {}).get("accuracy", {})
             row += [_pct(acc.get(key)) for key in ("ap50", "miou", "recall")]
+            row += [_pct(acc.get("small", {}).get(key)) for key in ("ap50", "miou", "recall")]
         lines.append("| " + " | ".join(row) + " |")
     notes = [
         "",
-        "Accuracy in percent. reduction: " + AXES[budget] + " TFLOPs: the model's "
+        "Accuracy in percent; small: targets / reference objects under 1% of the image. reduction: "
+        + AXES[budget]
+        + " TFLOPs: the model's "
         "prefill (from the first task's run); the 7B-336 column runs the same per-layer schedule, scaled by "
         "depth, on LLaVA-1.5-7B-336 with 62 text tokens. — : not run.",
     ]

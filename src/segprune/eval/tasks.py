@@ -82,13 +82,14 @@ def accuracy(task: str, records: Sequence[dict[str, Any]], *, captions: bool = F
 
         summary = RefSegAccumulator.from_records(records).summary()
         return {tag: scores.to_dict() for tag, scores in summary.items()}
-    from segprune.eval.metrics import GCGAnnotation, evaluate_gcg
+    from segprune.eval.metrics import GCGAnnotation, evaluate_gcg, evaluate_gcg_small
 
     if not records:
         return {"n_images": 0}
     predictions = [GCGAnnotation.from_dict(r["pred"]) for r in records]
     references = [GCGAnnotation.from_dict(r["ref"]) for r in records]
     scores = evaluate_gcg(predictions, references, captions=captions).to_dict()
+    scores["small"] = evaluate_gcg_small(predictions, references)
     scores["answers_with_errors"] = sum(bool(r["errors"]) for r in records)
     scores["masks_per_image"] = float(np.mean([len(p.masks) for p in predictions]))
     return scores

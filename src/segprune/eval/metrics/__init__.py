@@ -2,7 +2,7 @@
 
 - Referring / reasoning segmentation (LISA): `mask_iou`, `RefSegAccumulator` (gIoU, cIoU, by tag).
 - Grounded conversation generation (GLaMM): `mask_ap50`, `gcg_miou`, `gcg_recall`, `cider_score`,
-  `meteor_score`, all at once with `evaluate_gcg`.
+  `meteor_score`, all at once with `evaluate_gcg`; on small objects, `evaluate_gcg_small`.
 
 Exact definitions and the differences from the reference code: docs/metrics.md.
 """
@@ -20,6 +20,7 @@ from segprune.eval.metrics.gcg import (
     GCGAnnotation,
     GCGScores,
     evaluate_gcg,
+    evaluate_gcg_small,
     gcg_miou,
     gcg_recall,
     greedy_iou_pairs,
@@ -55,6 +56,7 @@ __all__ = [
     "decode_rle",
     "default_text_similarity",
     "evaluate_gcg",
+    "evaluate_gcg_small",
     "gcg_miou",
     "gcg_recall",
     "greedy_iou_pairs",

@@ -17,7 +17,7 @@ import numpy as np
 
 from segprune.eval.metrics._deps import import_optional
 from segprune.eval.metrics.captions import caption_scores
-from segprune.eval.metrics.masks import Mask, pairwise_iou, rle_area, to_rle
+from segprune.eval.metrics.masks import SMALL_FRACTION, Mask, pairwise_iou, rle_area, to_rle
 from segprune.eval.metrics.text import TextSimilarity, default_text_similarity
 
 
@@ -160,12 +160,21 @@ def match_phrases(
     return hits
 
 
-def mask_ap50(predictions: Sequence[GCGAnnotation], references: Sequence[GCGAnnotation]) -> float:
+def mask_ap50(
+    predictions: Sequence[GCGAnnotation],
+    references: Sequence[GCGAnnotation],
+    *,
+    small_fraction: float | None = None,
+) -> float:
     """Return COCO mask AP at IoU 0.5 with one category, as GLaMM computes it with pycocotools.
 
     Each predicted mask is a detection with its annotation's score, or 1.0 (GLaMM). With equal
     scores COCOeval ranks detections by image id (sorted), then by their order in the image, so
-    AP depends on that order as in GLaMM. Returns NaN when there is no ground-truth mask.
+    AP depends on that order as in GLaMM. Returns NaN when there is no ground-truth mask in range.
+
+    `small_fraction`: AP on small objects only, by COCO's area-range rule with areas measured as
+    fractions of each image: ground truths covering `small_fraction` of their image or more are
+    ignored, and so are detections that large unless they match a small ground truth.
     """
     coco_module = import_optional("pycocotools.coco")
     cocoeval_module = import_optional("pycocotools.cocoeval")
@@ -201,11 +210,19 @@ def mask_ap50(predictions: Sequence[GCGAnnotation], references: Sequence[GCGAnno
         coco_dt = coco_gt.loadRes(dt_anns)
         evaluator = cocoeval_module.COCOeval(coco_gt, coco_dt, iouType="segm")
         evaluator.params.catIds = [1]
+        if small_fraction is not None:
+            image_area = {image["id"]: image["height"] * image["width"] for image in images}
+            for ann in (*coco_gt.anns.values(), *coco_dt.anns.values()):
+                ann["area"] = ann["area"] / max(1, image_area[ann["image_id"]])
+            # COCO's ranges are closed; "less than" the fraction.
+            evaluator.params.areaRng = [[0.0, float(np.nextafter(small_fraction, 0))]]
+            evaluator.params.areaRngLbl = ["small"]
         # Thresholds are evaluated independently, so [0.5] alone gives summarize()'s AP50 exactly.
         evaluator.params.iouThrs = np.array([0.5])
         evaluator.evaluate()
         evaluator.accumulate()
-    # precision[T, R, K, A, M]: the one threshold, all recall points, category 1, area "all", 100 dets.
+    # precision[T, R, K, A, M]: the one threshold, all recall points, category 1, the first area
+    # range ("all", or "small" above), 100 detections.
     precision = evaluator.eval["precision"][0, :, 0, 0, -1]
     valid = precision[precision > -1]
     return float(valid.mean()) if valid.size else float("nan")
@@ -279,6 +296,57 @@ def evaluate_gcg(
         meteor=meteor,
         cider=cider,
     )
+
+
+def small_objects(
+    predictions: Sequence[GCGAnnotation],
+    references: Sequence[GCGAnnotation],
+    fraction: float = SMALL_FRACTION,
+) -> tuple[list[GCGAnnotation], list[GCGAnnotation]]:
+    """Return the images that hold a small reference object, their references cut to those objects.
+
+    A reference object is small when its mask covers less than `fraction` of the image. Predictions
+    are kept whole, so mIoU and recall on the returned pairs ask how well the small objects were
+    found among everything the model predicted.
+    """
+    out_pred, out_ref = [], []
+    for pred, ref in _align(predictions, references):
+        keep = [i for i, rle in enumerate(ref.masks) if rle_area(rle) < fraction * _image_area(rle)]
+        if keep:
+            out_pred.append(pred)
+            out_ref.append(
+                GCGAnnotation(
+                    ref.image_id, ref.caption, [ref.phrases[i] for i in keep], [ref.masks[i] for i in keep]
+                )
+            )
+    return out_pred, out_ref
+
+
+def evaluate_gcg_small(
+    predictions: Sequence[GCGAnnotation],
+    references: Sequence[GCGAnnotation],
+    *,
+    text_similarity: TextSimilarity | None = None,
+    fraction: float = SMALL_FRACTION,
+) -> dict[str, Any]:
+    """Return AP50, mIoU and recall on small reference objects (under `fraction` of the image).
+
+    AP50 by COCO's area-range rule (`mask_ap50(small_fraction=...)`); mIoU and recall over the
+    images holding a small object, with only those objects as references (`small_objects`).
+    """
+    preds, refs = small_objects(predictions, references, fraction)
+    return {
+        "n_images": len(refs),
+        "n_objects": sum(len(r.masks) for r in refs),
+        "ap50": mask_ap50(predictions, references, small_fraction=fraction),
+        "miou": gcg_miou(preds, refs),
+        "recall": gcg_recall(preds, refs, text_similarity=text_similarity) if refs else float("nan"),
+    }
+
+
+def _image_area(rle: dict[str, Any]) -> int:
+    height, width = rle["size"]
+    return height * width
 
 
 def _align(

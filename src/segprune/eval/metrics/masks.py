@@ -14,6 +14,8 @@ import numpy as np
 
 from segprune.eval.metrics._deps import import_optional
 
+SMALL_FRACTION = 0.01  # a "small object" covers less than 1% of its image (both tasks)
+
 # An RLE dict, or anything np.asarray / torch can turn into a 0/1 array; checked at run time.
 Mask = Any
 
