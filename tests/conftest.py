@@ -136,7 +136,9 @@ def cls_attention_calls(monkeypatch):
 
 
 class HostSyncCounter:
-    """Counts the tensor-to-Python conversions (host synchronisations on CUDA) made while active."""
+    """Counts what would synchronise with the host on CUDA while active: tensor-to-Python conversions,
+    `nonzero`, and tensors made from Python data on a device (`torch.tensor`, `torch.as_tensor`:
+    host-to-device copies, which a CUDA graph cannot capture)."""
 
     NAMES = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
 
@@ -160,3 +162,13 @@ class HostSyncCounter:
             return original_nonzero(*args, **kwargs)
 
         monkeypatch.setattr(torch, "nonzero", nonzero)
+        for factory in ("tensor", "as_tensor"):
+            original_factory = getattr(torch, factory)
+
+            def made(data, *args, _original=original_factory, _name=factory, **kwargs):
+                empty = isinstance(data, (list, tuple)) and not data  # nothing to copy
+                if self.active and not isinstance(data, torch.Tensor) and not empty and kwargs.get("device"):
+                    self.calls.append(_name)
+                return _original(data, *args, **kwargs)
+
+            monkeypatch.setattr(torch, factory, made)

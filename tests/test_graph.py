@@ -36,6 +36,8 @@ GRAPHABLE = {
         cluster="random",
         score_token="seg",
     ),
+    "visionzip": EXAMPLES["visionzip"],
+    "prumerge": EXAMPLES["prumerge"],
 }
 
 
@@ -160,15 +162,3 @@ def test_replay_equals_eager_prefill(name):
     moved[:, [1, 2]] = moved[:, [2, 1]]  # swap a text token with the first image token
     with pytest.raises(ValueError, match="layout differs"):
         runner(moved, pixels)
-
-
-@pytest.mark.gpu
-@cuda
-def test_host_reading_methods_are_refused_by_name():
-    from segprune.models import tiny_llava
-
-    model = tiny_llava().cuda()
-    segprune.prune_(model, EXAMPLES["visionzip"])
-    ids, pixels = (t.cuda() for t in unpadded(model))
-    with pytest.raises(RuntimeError, match="synchroniz"):
-        GraphedPrefill(model, ids, pixels)

@@ -17,8 +17,10 @@ captured (image tokens at the same positions; a [SEG] in every sample when the m
 replay; outputs live in the graph's memory and are overwritten by the next call (clone to keep).
 The returned cache continues with ordinary (eager) cached decode steps, as after `model(...)`;
 `segprune.stats(model)` describes the replayed prefill. A method that reads values on the host
-during its forward (VisionZip and PruMerge+ do) cannot be captured: construction names the
-synchronising call instead of failing inside the capture.
+during its forward cannot be captured: the warm-up runs under
+`torch.cuda.set_sync_debug_mode("error")`, so construction names the synchronising call instead of
+failing inside the capture. The registered methods make no such read (their checks are
+device-side assertions); custom selectors must do the same to be captured.
 """
 
 from __future__ import annotations

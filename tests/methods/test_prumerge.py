@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import segprune
 from segprune import PruMergeConfig
-from segprune.methods.prumerge import iqr_outliers, prumerge_keep, prumerge_weights
+from segprune.methods.prumerge import iqr_outliers, prumerge_keep, prumerge_weights, row_quantiles
 from segprune.models import tiny_llava, tiny_llava_inputs
 from segprune.models.tiny_llava import IMAGE_TOKEN_ID
 from segprune.patch.vision import encoder_layers
@@ -188,3 +188,11 @@ def test_neighbours_beyond_the_image_are_capped(models, inputs):
         hidden.append(model(**inputs, output_hidden_states=True).hidden_states[0])
         segprune.unprune(model)
     assert torch.equal(hidden[0], hidden[1])
+
+
+def test_row_quantiles_equal_torch_quantile():
+    x = torch.rand(3, 17, generator=torch.Generator().manual_seed(0))
+    levels = (0.0, 0.25, 0.5, 0.75, 1.0)
+    expected = torch.quantile(x, torch.tensor(levels), dim=1)
+    for got, want in zip(row_quantiles(x, levels), expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)

@@ -311,9 +311,8 @@ def test_decode_without_position_ids_continues_from_unpruned_length(model):
 
 
 # Methods whose whole prefill inside the language model needs one host sync (the prologue that
-# reads N): selection, scoring and merging stay on the device. VisionZip and PruMerge+ are not
-# listed: their token-spreading step reads counts on the host.
-SYNC_FREE = ("fastv", "pdrop", "altp", "csp")
+# reads N): selection, scoring and merging stay on the device (merging's checks are device-side).
+SYNC_FREE = ("fastv", "pdrop", "altp", "csp", "visionzip", "prumerge")
 
 
 @torch.no_grad()

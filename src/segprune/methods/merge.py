@@ -6,17 +6,38 @@ Pure tensor functions, one row per sample: `(batch, n, ...)` in, `(batch, ...)` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from segprune.methods.plan import SelectContext
 
 
+def require(condition: torch.Tensor, summary: str, describe: Callable[[], str]) -> None:
+    """Check a one-element bool tensor without a host synchronisation on accelerators.
+
+    On CPU a failure raises `ValueError(describe())`, with the values; elsewhere the check is a
+    device-side assertion (`torch._assert_async`): the forward stays free of host reads, so it can
+    run inside a CUDA graph, and a failure stops the device's work with `summary`.
+    """
+    if condition.device.type != "cpu":
+        torch._assert_async(condition, summary)
+        return
+    try:
+        torch._assert_async(condition, summary)
+    except RuntimeError:
+        raise ValueError(describe()) from None
+
+
 def mask_to_indices(mask: torch.Tensor, count: int) -> torch.Tensor:
     """Return the sorted positions of the True entries of a `(batch, n)` mask with `count` per row."""
     found = mask.sum(dim=1)
-    if bool((found != count).any()):
-        raise ValueError(f"expected {count} marked tokens per sample, found {found.tolist()}")
+    require(
+        (found == count).all(),
+        f"segprune: expected {count} marked tokens per sample",
+        lambda: f"expected {count} marked tokens per sample, found {found.tolist()}",
+    )
     # A stable sort puts the marked positions first and keeps them in index order.
     return torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :count]
 
@@ -37,10 +58,14 @@ def spread(candidates: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
     """
     batch, n = candidates.shape
     device = candidates.device
-    count = torch.as_tensor(count, device=device).expand(batch)
+    # A Python count becomes a fill on the device, not a host-to-device copy.
+    count = torch.full((batch,), count, device=device) if isinstance(count, int) else count.expand(batch)
     total = candidates.sum(dim=1)
-    if bool(((count < 0) | (count > total)).any()):
-        raise ValueError(f"cannot pick {count.tolist()} of {total.tolist()} candidates")
+    require(
+        ((count >= 0) & (count <= total)).all(),
+        "segprune: spread was asked for more picks than candidates",
+        lambda: f"cannot pick {count.tolist()} of {total.tolist()} candidates",
+    )
     order = torch.sort((~candidates).to(torch.int8), dim=1, stable=True).indices
     i = torch.arange(n, device=device)
     rank = (2 * i + 1) * total[:, None] // (2 * count.clamp(min=1)[:, None])

@@ -33,9 +33,24 @@ def iqr_outliers(attention: torch.Tensor) -> torch.Tensor:
     Returns:
         `(batch, n)` bool. Quartiles interpolate linearly, as `numpy.percentile` does.
     """
-    q = torch.tensor([0.25, 0.75], device=attention.device)
-    q1, q3 = torch.quantile(attention.float(), q, dim=1)
+    q1, q3 = row_quantiles(attention.float(), (0.25, 0.75))
     return attention > (q3 + IQR_FACTOR * (q3 - q1))[:, None]
+
+
+def row_quantiles(x: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
+    """Return each `(batch,)` row quantile of `(batch, n)` `x`, interpolated linearly (`torch.quantile`'s
+    default). The positions are computed in Python from the shape, so nothing is copied to the device
+    (`torch.quantile` with a tensor of levels would be a host-to-device copy, which a CUDA graph
+    cannot hold)."""
+    ordered = torch.sort(x, dim=1).values
+    n = x.shape[1]
+    out = []
+    for q in qs:
+        position = q * (n - 1)
+        low = int(position)
+        high = min(low + 1, n - 1)
+        out.append(torch.lerp(ordered[:, low], ordered[:, high], position - low))
+    return out
 
 
 def prumerge_keep(attention: torch.Tensor, count: int, plus: bool) -> torch.Tensor:
