@@ -30,8 +30,8 @@ test-oldest: $(STAMP)
 	PYTHONPATH=.compat/transformers-$(OLDEST_TRANSFORMERS) $(BIN)/python -m pytest -q -m "not slow and not gpu" tests/patch tests/methods tests/test_graph.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) .compat build src/*.egg-info .pytest_cache .ruff_cache
