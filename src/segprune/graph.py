@@ -55,7 +55,6 @@ class _Layout:
     """The prompt facts a captured prefill depends on."""
 
     shape: tuple[int, int]
-    image_mask: torch.Tensor  # (batch, L) bool, on the host
     image_seq: torch.Tensor  # (batch, N) sequence index of each image token, on the model's device
     needs_seg: bool
 
@@ -75,9 +74,8 @@ def _layout(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tenso
     counts = image_mask.sum(dim=1)
     expected = getattr(llava.config, "image_seq_length", None)
     if int(counts.min()) != int(counts.max()) or (expected and int(counts[0]) != expected):
-        raise ValueError(
-            f"every sample must hold the model's {expected} image tokens; got {counts.tolist()} per sample"
-        )
+        wanted = f"the model's {expected}" if expected else "the same number of"
+        raise ValueError(f"every sample must hold {wanted} image tokens; got {counts.tolist()} per sample")
     if pixel_values.shape[0] != ids.shape[0]:
         raise ValueError(
             f"pixel_values holds {pixel_values.shape[0]} images for {ids.shape[0]} samples; "
@@ -97,7 +95,7 @@ def _layout(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tenso
                     f"{adapter.seg_token_id}); use score_token='last'"
                 )
     order = torch.sort((~image_mask).to(torch.int8), dim=1, stable=True).indices[:, : int(counts[0])]
-    return _Layout(tuple(ids.shape), image_mask, order.to(input_ids.device), needs_seg)
+    return _Layout(tuple(ids.shape), order.to(input_ids.device), needs_seg)
 
 
 def _merge_image_features(
