@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segprune.eval.metrics import IoUCounts, pairwise_iou
+
 RESAMPLES = 2000
 DENSE = ("unpruned", "blind")  # base rows without a reduction (blind: benchmarks/blind_refseg.py)
 
@@ -26,29 +28,23 @@ def refseg_ious(cell: Path) -> dict[int, tuple[float, bool]]:
     for path in sorted(cell.glob("samples*.jsonl")):
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            iou = r["intersection"] / r["union"] if r["union"] else 1.0
-            out[r["index"]] = (iou, "small" in r["tags"])
+            out[r["index"]] = (IoUCounts(r["intersection"], r["union"]).iou, "small" in r["tags"])
     return out
 
 
 def gcg_hits(cell: Path) -> dict[int, float]:
     """Return index -> fraction of reference masks matched by some predicted mask at IoU >= 0.5."""
-    from pycocotools import mask as mask_utils
-
     out = {}
     for path in sorted(cell.glob("samples*.jsonl")):
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            refs, preds = (
-                [{**m, "counts": m["counts"].encode()} for m in r[key]["masks"]] for key in ("ref", "pred")
-            )
+            refs, preds = r["ref"]["masks"], r["pred"]["masks"]
             if not refs:
                 continue
             if not preds:
                 out[r["index"]] = 0.0
                 continue
-            ious = mask_utils.iou(preds, refs, [0] * len(refs))
-            out[r["index"]] = float((np.asarray(ious).max(axis=0) >= 0.5).mean())
+            out[r["index"]] = float((pairwise_iou(preds, refs).max(axis=0) >= 0.5).mean())
     return out
 
 

@@ -3,13 +3,14 @@ makes no host synchronisation; `GraphedPrefill` replays equal eager prefills (CU
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import segprune
 from conftest import EXAMPLES, HostSyncCounter
 from segprune.graph import GraphedPrefill, _layout, _static, prefill
-from segprune.methods import CSPConfig
 from segprune.methods.replay import ReplayConfig
 from segprune.models import tiny_llava_inputs
 
@@ -20,22 +21,9 @@ GRAPHABLE = {
     "pdrop": EXAMPLES["pdrop"],
     "altp": EXAMPLES["altp"],
     "csp-uniform-last": EXAMPLES["csp"],
-    "csp-seg_first-seg": CSPConfig(
-        cluster_layers=1,
-        cluster_tokens=6,
-        scatter_layers=1,
-        prune_tokens=3,
-        cluster="seg_first",
-        score_token="seg",
-    ),
-    "csp-random-seg": CSPConfig(
-        cluster_layers=1,
-        cluster_tokens=6,
-        scatter_layers=1,
-        prune_tokens=3,
-        cluster="random",
-        score_token="seg",
-    ),
+    # The CSP example with other clustering modes, scoring by [SEG].
+    "csp-seg_first-seg": dataclasses.replace(EXAMPLES["csp"], cluster="seg_first", score_token="seg"),
+    "csp-random-seg": dataclasses.replace(EXAMPLES["csp"], cluster="random", score_token="seg"),
     "visionzip": EXAMPLES["visionzip"],
     "prumerge": EXAMPLES["prumerge"],
 }

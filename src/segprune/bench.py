@@ -305,10 +305,9 @@ def run(
     `budget` picks the reduction axis (`segprune.eval.budgets.budget_config`): "navg", equal average
     live image tokens N_avg (CSP Table 6's axis), or "paper", each method as the papers set it.
     """
-    from segprune.eval.budgets import BUDGETS, budget_config
+    from segprune.eval.budgets import budget_config, check_budget
 
-    if budget not in BUDGETS:
-        raise ValueError(f"budget={budget!r}; valid: {list(BUDGETS)}")
+    check_budget(budget)
     if graph and not device.startswith("cuda"):
         raise ValueError(f"graph=True needs a CUDA device, got device={device!r}")
 
@@ -450,9 +449,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--graph", action="store_true", help="run every prefill as one CUDA graph (segprune.GraphedPrefill)"
     )
+    from segprune.eval.budgets import BUDGETS
+
     p.add_argument(
         "--budget",
-        choices=("navg", "paper"),
+        choices=BUDGETS,
         default="navg",
         help="reduction axis: navg, equal N_avg as in CSP Table 6 (default); paper, each method as its "
         "paper sets it (segprune.eval.budgets)",

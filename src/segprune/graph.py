@@ -187,6 +187,10 @@ class GraphedPrefill:
             raise ValueError(f"warmup={warmup} is out of range; valid: >= 1")
         self.model = model
         self.layout = _layout(model, input_ids, pixel_values)
+        # Where each call's image tokens must be, for `check`: built once, not per call.
+        self._image_mask = torch.zeros(self.layout.shape, dtype=torch.bool, device=input_ids.device)
+        self._image_mask.scatter_(1, self.layout.image_seq, True)
+        self._image_id = find_llava(model).config.image_token_id
         self.input_ids = input_ids.clone()
         self.pixel_values = pixel_values.clone()
         adapter = _adapter(model)
@@ -228,10 +232,8 @@ class GraphedPrefill:
                 f"got {tuple(input_ids.shape)} and {tuple(pixel_values.shape)}: "
                 "capture another GraphedPrefill"
             )
-        image_id = find_llava(self.model).config.image_token_id
-        device_mask = layout.image_seq.new_zeros(layout.shape, dtype=torch.bool)
-        device_mask.scatter_(1, layout.image_seq, True)
-        bad = ((input_ids.to(device_mask.device) == image_id) != device_mask).any()
+        mask = self._image_mask
+        bad = ((input_ids.to(mask.device) == self._image_id) != mask).any()
         if layout.needs_seg:
             bad = bad | ~(input_ids == self.adapter.seg_token_id).any(dim=1).all()
         if bool(bad):  # the one synchronisation of a call

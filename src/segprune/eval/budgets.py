@@ -28,6 +28,7 @@ from segprune import flops
 from segprune.methods import METHODS, MethodConfig
 from segprune.methods.csp import TABLE6
 from segprune.methods.fastv import keep_count, round_half_up
+from segprune.methods.scale import scale_layers
 
 TOLERANCE = 0.025  # accepted |achieved - target| reduction, or half a token step if that is larger
 EXACT = 0.005  # CSP: any split this close counts as a hit, and the paper-like shape decides
@@ -262,14 +263,18 @@ AXES = {
 BUDGETS = tuple(AXES)
 
 
+def check_budget(budget: str) -> None:
+    """Raise `ValueError` unless `budget` names an axis; callers that turn a cell's `ValueError`
+    into "skipped" check first, so a misspelt axis is not reported as every cell unreachable."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r}; valid: {list(BUDGETS)}")
+
+
 def budget_config(
     budget: str, method: str, reduction: float, n_layers: int, n_image: int, **overrides: Any
 ) -> MethodConfig:
     """Return `method`'s config at `reduction` for an `n_layers` decoder on the `budget` axis."""
-    from segprune.methods.scale import scale_layers
-
+    check_budget(budget)
     if budget == "paper":
         return scale_layers(paper_config(method, reduction, n_image, **overrides), PAPER_LAYERS, n_layers)
-    if budget == "navg":
-        return config_for(method, reduction, n_layers, n_image, **overrides)
-    raise ValueError(f"budget={budget!r}; valid: {list(BUDGETS)}")
+    return config_for(method, reduction, n_layers, n_image, **overrides)

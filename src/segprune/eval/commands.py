@@ -54,9 +54,11 @@ def add_parsers(sub: Any, method: type[MethodConfig] | None) -> None:
         default=(0.5, 0.75, 0.9),
         help="comma-separated image-token reductions (default: 0.5,0.75,0.9)",
     )
+    from segprune.eval.budgets import BUDGETS
+
     p.add_argument(
         "--budget",
-        choices=("paper", "navg"),
+        choices=BUDGETS,
         default="paper",
         help="paper: each method as the papers set it on LLaVA-1.5-7B at that reduction (ALTP Table 1's "
         "tokens left, CSP Table 6), layers mapped to the model's depth; navg: equal N_avg in the model "

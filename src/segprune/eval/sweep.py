@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segprune.eval.budgets import AXES, BUDGETS, budget_config, config_for, variants
+from segprune.eval.budgets import AXES, budget_config, check_budget, config_for, variants
 from segprune.eval.cost import SCALED_PRESET
 from segprune.eval.datasets import TASK_SOURCES, DataSpec
 from segprune.eval.runner import EvalSpec, distributed, evaluate, llava_config
@@ -79,8 +79,7 @@ def plan_sweep(
     budget: str = "paper",
 ) -> list[Cell]:
     """Return the sweep's cells: per task the unpruned model, then every label at every reduction."""
-    if budget not in BUDGETS:
-        raise ValueError(f"budget={budget!r}; valid: {list(BUDGETS)}")
+    check_budget(budget)
     rows = variants()
     cells = []
     for task in tasks:

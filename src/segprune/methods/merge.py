@@ -21,12 +21,9 @@ def require(condition: torch.Tensor, summary: str, describe: Callable[[], str]) 
     device-side assertion (`torch._assert_async`): the forward stays free of host reads, so it can
     run inside a CUDA graph, and a failure stops the device's work with `summary`.
     """
-    if condition.device.type != "cpu":
-        torch._assert_async(condition, summary)
-        return
     try:
         torch._assert_async(condition, summary)
-    except RuntimeError:
+    except RuntimeError:  # raised at once on CPU only; elsewhere the assertion fires on the device
         raise ValueError(describe()) from None
 
 
