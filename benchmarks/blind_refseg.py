@@ -35,7 +35,8 @@ def main() -> None:
     items = load_items(parse_data(args.data, queries_per_scene=args.queries_per_scene), "refseg")
     cell = args.out / "refseg" / "blind" / "dense"
     cell.mkdir(parents=True, exist_ok=True)
-    with open(cell / "samples.jsonl", "w") as f:
+    partial = cell / "samples.jsonl.partial"  # renamed when complete: no half-written records file
+    with open(partial, "w") as f:
         for start in range(0, len(items), args.batch_size):
             loaded = [item.load() for item in items[start : start + args.batch_size]]
             images = [sample[0] for sample in loaded]
@@ -44,6 +45,7 @@ def main() -> None:
                 counts = mask_counts(mask.cpu().numpy(), sample[2], ignore=sample[3])
                 record = {"index": start + k, "intersection": counts.intersection, "union": counts.union}
                 f.write(json.dumps({**record, "tags": list(sample[4])}) + "\n")
+    partial.replace(cell / "samples.jsonl")
     print(f"wrote {cell / 'samples.jsonl'} ({len(items)} samples)")
 
 
