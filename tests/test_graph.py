@@ -13,6 +13,7 @@ from conftest import EXAMPLES, HostSyncCounter
 from segprune.graph import GraphedPrefill, _layout, _static, prefill
 from segprune.methods.replay import ReplayConfig
 from segprune.models import tiny_llava_inputs
+from segprune.patch.transformers_api import cache_kwargs, output_cache
 
 SEG = 7  # a text id used as [SEG] in these prompts
 # Methods whose forward can be captured: selection and scoring stay on the device.
@@ -58,9 +59,10 @@ def test_prefill_equals_the_models_forward(model, name):
             assert torch.equal(kept, ref_kept)
     # Decoding continues from either cache alike.
     token = ref.logits[:, -1:].argmax(-1)
-    step = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True).logits
+    step = model(input_ids=token, use_cache=True, **cache_kwargs(model, out.cache)).logits
     ref_out = model(input_ids=ids, pixel_values=pixels, use_cache=True)
-    ref_step = model(input_ids=token, past_key_values=ref_out.past_key_values, use_cache=True).logits
+    ref_cache = cache_kwargs(model, output_cache(model, ref_out))
+    ref_step = model(input_ids=token, use_cache=True, **ref_cache).logits
     assert (step - ref_step).abs().max() <= 1e-5
 
 
@@ -137,14 +139,14 @@ def test_replay_equals_eager_prefill(name):
         logits, hidden = out.logits.clone(), out.last_hidden_state.clone()
         kept = [k.clone() for k in segprune.stats(model).kept_indices] if name else []
         token = logits[:, -1:].argmax(-1)
-        step = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True).logits
+        step = model(input_ids=token, use_cache=True, **cache_kwargs(model, out.cache)).logits
         ref = prefill(model, new_ids, new_pixels)
         assert (logits - ref.logits).abs().max() <= 1e-4
         assert (hidden - ref.last_hidden_state).abs().max() <= 1e-4
         if name:
             for a, b in zip(kept, segprune.stats(model).kept_indices, strict=True):
                 assert torch.equal(a, b)
-        ref_step = model(input_ids=token, past_key_values=ref.past_key_values, use_cache=True).logits
+        ref_step = model(input_ids=token, use_cache=True, **cache_kwargs(model, ref.cache)).logits
         assert (step - ref_step).abs().max() <= 1e-4
     moved = ids.clone()
     moved[:, [1, 2]] = moved[:, [2, 1]]  # swap a text token with the first image token

@@ -32,6 +32,7 @@ import torch
 import segprune
 from segprune.methods import METHODS, MethodConfig
 from segprune.methods.replay import ReplayConfig
+from segprune.patch.transformers_api import cache_kwargs, output_cache
 
 # Text tokens around the image: 62 in all, the count that reproduces CSP Table 6's TFLOPs
 # (docs/flops.md), split like a LLaVA-1.5 prompt (system prompt before, question after).
@@ -186,13 +187,13 @@ def time_decode(
     times = []
     for _ in range(repeats):
         out = prefill(model, inputs)
-        cache = out.past_key_values
+        cache = output_cache(model, out)
         token = out.logits[:, -1:].argmax(-1)
         synchronize(device)
         start = time.perf_counter()
         for step in range(steps):
             position = torch.full_like(token, length + step)
-            out = model(input_ids=token, past_key_values=cache, position_ids=position, use_cache=True)
+            out = model(input_ids=token, position_ids=position, use_cache=True, **cache_kwargs(model, cache))
             token = out.logits[:, -1:].argmax(-1)
         synchronize(device)
         times.append(1000 * (time.perf_counter() - start) / steps)
@@ -267,7 +268,7 @@ def measure(
         "n_avg": stats.n_avg if stats is not None else float(n_image),
         "prefill_ms": statistics.median(times),
         "prefill_spread_ms": _percentiles(times),
-        "kv_cache_mb": cache_bytes(out.past_key_values) / 2**20,
+        "kv_cache_mb": cache_bytes(out.cache if graph else output_cache(model, out)) / 2**20,
         "stats": stats,
         "decode_ms_per_token": None,
         "peak_memory_mb": None,

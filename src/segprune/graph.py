@@ -7,7 +7,7 @@ scores, merging) and decoder — can be captured once and replayed:
 
     runner = segprune.GraphedPrefill(model, input_ids, pixel_values)   # captures (CUDA only)
     out = runner(input_ids, pixel_values)      # same shapes and layout, new values: replays
-    out.logits, out.last_hidden_state, out.past_key_values             # valid until the next call
+    out.logits, out.last_hidden_state, out.cache                       # valid until the next call
 
 `prefill(model, input_ids, pixel_values)` is the same computation run eagerly (any device).
 
@@ -36,6 +36,7 @@ from torch import nn
 from segprune.patch import _adapter
 from segprune.patch.llava import find_llava
 from segprune.patch.state import StaticLayout
+from segprune.patch.transformers_api import TransformersAPI
 
 __all__ = ["GraphedPrefill", "PrefillOutput", "prefill"]
 
@@ -43,11 +44,20 @@ __all__ = ["GraphedPrefill", "PrefillOutput", "prefill"]
 @dataclasses.dataclass
 class PrefillOutput:
     """The prefill's results: next-token logits `(batch, 1, vocab)` (None for a bare LlavaModel), the
-    final-norm hidden states `(batch, L, D)` at the unpruned length, and the filled KV cache."""
+    final-norm hidden states `(batch, L, D)` at the unpruned length, and the filled KV cache.
+
+    Decode on with `segprune.patch.transformers_api.cache_kwargs(model, out.cache)`, which passes the
+    cache under the name the installed transformers reads (`cache` from 5.24, `past_key_values` before).
+    """
 
     logits: torch.Tensor | None
     last_hidden_state: torch.Tensor
-    past_key_values: Any
+    cache: Any
+
+    @property
+    def past_key_values(self) -> Any:
+        """The KV cache, under transformers' name before 5.24."""
+        return self.cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +138,7 @@ def _run(
     hidden = out.last_hidden_state
     head = getattr(model, "lm_head", None)
     logits = head(hidden[:, -1:]) if head is not None else None
-    return PrefillOutput(logits, hidden, out.past_key_values)
+    return PrefillOutput(logits, hidden, TransformersAPI.of(llava.language_model).read_cache(out))
 
 
 @torch.no_grad()
@@ -217,7 +227,7 @@ class GraphedPrefill:
         # since decode steps extend both.
         self._state = adapter.state if adapter is not None else None
         self._key_seq = list(self._state.key_seq) if self._state is not None else []
-        self._cache_layers = [(layer.keys, layer.values) for layer in self.output.past_key_values.layers]
+        self._cache_layers = [(layer.keys, layer.values) for layer in self.output.cache.layers]
 
     def _seed(self) -> None:
         if self.generator is not None:
@@ -253,7 +263,7 @@ class GraphedPrefill:
         self.pixel_values.copy_(pixel_values)
         self._seed()
         self.graph.replay()
-        cache = self.output.past_key_values
+        cache = self.output.cache
         for layer, (keys, values) in zip(cache.layers, self._cache_layers, strict=True):
             layer.keys, layer.values = keys, values
         if self._state is not None:

@@ -11,6 +11,7 @@ from segprune import METHODS
 from segprune.methods.plan import Keep
 from segprune.methods.replay import ReplayConfig
 from segprune.models import tiny_llava, tiny_llava_inputs
+from segprune.patch.transformers_api import cache_kwargs, output_cache
 
 N_IMAGE = 16
 
@@ -147,7 +148,7 @@ def test_live_counts_kept_indices_and_cache_follow_the_plan(model, inputs, name)
         assert bool((indices[:, 1:] > indices[:, :-1]).all()), "indices must be sorted and unique"
         assert int(indices.min()) >= 0 and int(indices.max()) < N_IMAGE
         # The layer's KV cache holds only its live tokens (all text tokens, padding included).
-        keys = out.past_key_values.layers[layer].keys
+        keys = output_cache(model, out).layers[layer].keys
         assert keys.shape[-2] == length - N_IMAGE + expected[layer]
     assert stats.n_avg == sum(expected) / len(expected)
     assert stats.flops_csp < stats.flops_fraction("csp") * 1e30  # finite
@@ -301,7 +302,8 @@ def test_decode_without_position_ids_continues_from_unpruned_length(model):
     segprune.prune_(model, EXAMPLES["fastv"])
     out = model(**inputs, use_cache=True)
     next_token = out.logits[:, -1].argmax(-1, keepdim=True)
-    step = model(input_ids=next_token, past_key_values=out.past_key_values, use_cache=True).logits[:, -1]
+    cache = cache_kwargs(model, output_cache(model, out))
+    step = model(input_ids=next_token, use_cache=True, **cache).logits[:, -1]
     replay = ReplayConfig.from_stats(segprune.stats(model))
     segprune.prune_(model, replay)
     full = model(

@@ -25,6 +25,7 @@ from segprune.methods.base import MethodConfig
 from segprune.methods.plan import Keep, SelectContext, TokenPlan
 from segprune.methods.scores import attention_row
 from segprune.patch.state import ForwardState, PruneStats, StaticLayout
+from segprune.patch.transformers_api import TransformersAPI
 from segprune.patch.vision import VisionCapture
 
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -65,6 +66,8 @@ class LlavaAdapter:
         side = vision.image_size // vision.patch_size
         self.grid = (side, side)
         self.n_layers = self.text_config.num_hidden_layers
+        # How the installed transformers names the cache, read once here rather than on every call.
+        self.api = TransformersAPI.of(self.lm.layers[0])
         expected = getattr(llava.config, "image_seq_length", None)
         if expected:
             config.plan(expected, self.n_layers)  # fail at prune_ time on a plan that cannot fit
@@ -130,7 +133,6 @@ class LlavaAdapter:
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -140,8 +142,9 @@ class LlavaAdapter:
         **kwargs: Any,
     ) -> Any:
         from transformers.cache_utils import DynamicCache
-        from transformers.modeling_outputs import BaseModelOutputWithPast
 
+        # The cache comes as `cache` or `past_key_values`, whichever the caller's version passes.
+        cache = self.api.pop_cache(kwargs)
         if output_attentions:
             raise ValueError(
                 "segprune never materialises attention maps (that would need eager attention); "
@@ -161,29 +164,29 @@ class LlavaAdapter:
             output_hidden_states = self.text_config.output_hidden_states
         pending, self._pending = self._pending, None
 
-        continuing = past_key_values is not None and past_key_values.get_seq_length() > 0
+        continuing = cache is not None and cache.get_seq_length() > 0
         if continuing:
-            if self.state is None or self.state.cache is not past_key_values:
+            if self.state is None or self.state.cache is not cache:
                 raise ValueError(
-                    "past_key_values holds tokens this pruned model did not put there; start generation "
+                    "the KV cache holds tokens this pruned model did not put there; start generation "
                     "from a prefill through the pruned model (an empty cache)"
                 )
         else:
-            if use_cache and past_key_values is None:
-                past_key_values = DynamicCache(config=self.text_config)
+            if use_cache and cache is None:
+                cache = DynamicCache(config=self.text_config)
             self.state = None
 
         valid = attention_mask.bool() if attention_mask is not None else None
         if continuing:
             hidden, all_hidden = self._decode(
-                inputs_embeds, valid, position_ids, past_key_values, kwargs, output_hidden_states
+                inputs_embeds, valid, position_ids, cache, kwargs, output_hidden_states
             )
         else:
             hidden, all_hidden = self._prefill(
                 inputs_embeds,
                 valid,
                 position_ids,
-                past_key_values,
+                cache,
                 pending,
                 kwargs,
                 output_hidden_states,
@@ -193,11 +196,7 @@ class LlavaAdapter:
         if all_hidden is not None:
             all_hidden[-1] = hidden
             all_hidden = tuple(all_hidden)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=all_hidden,
-        )
+        return self.api.model_output(hidden, cache if use_cache else None, all_hidden)
 
     def _rope(self, like: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.lm.rotary_emb(like, position_ids=position_ids)
@@ -272,14 +271,15 @@ class LlavaAdapter:
             if all_hidden is not None:
                 all_hidden.append(self._full_view(full, hidden, live_seq))
             mask = self._mask(live_seq, live_seq, valid)
-            hidden = layer(
+            hidden = self.api.call_layer(
+                layer,
                 hidden,
                 attention_mask=mask,
                 position_ids=take(position_ids.expand(batch, -1), live_seq),
-                past_key_values=cache,
-                use_cache=use_cache,
                 position_embeddings=(take(cos, live_seq), take(sin, live_seq)),
-                **kwargs,
+                cache=cache,
+                use_cache=use_cache,
+                extra=kwargs,
             )
             state.key_seq.append(live_seq)
             state.kept.append(live_img)
@@ -377,14 +377,15 @@ class LlavaAdapter:
             if all_hidden is not None:
                 all_hidden.append(hidden)
             keys = torch.cat([state.key_seq[layer_idx], new_seq], dim=1)
-            hidden = layer(
+            hidden = self.api.call_layer(
+                layer,
                 hidden,
                 attention_mask=self._mask(new_seq, keys, valid),
                 position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=True,
                 position_embeddings=(cos, sin),
-                **kwargs,
+                cache=cache,
+                use_cache=True,
+                extra=kwargs,
             )
             state.key_seq[layer_idx] = keys
         state.seq_len += q_len
