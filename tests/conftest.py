@@ -68,6 +68,7 @@ INVALID = {
         ({"layers": (2, "x")}, "layers[1]='x'"),
         ({"ratio": 0}, "ratio=0"),
         ({"ratio": -0.5}, "ratio=-0.5"),
+        ({"positions": "compress"}, "positions='compress'"),
     ],
     "prumerge": [
         ({"plus": 1}, "plus=1"),
@@ -75,6 +76,7 @@ INVALID = {
         ({"keep_ratio": 1.5}, "keep_ratio=1.5"),
         ({"neighbours": -1}, "neighbours=-1"),
         ({"neighbours": 2.0}, "neighbours=2.0"),
+        ({"merge_space": "clip"}, "merge_space='clip'"),
     ],
     "visionzip": [
         ({"dominant": -1}, "dominant=-1"),
@@ -83,6 +85,7 @@ INVALID = {
         ({"contextual": True}, "contextual=True"),
         ({"dominant": 0, "contextual": 0}, "dominant=0"),
         ({"dominant": None, "contextual": 3}, "contextual=3"),
+        ({"merge_space": "pixels"}, "merge_space='pixels'"),
     ],
 }
 

@@ -66,10 +66,13 @@ def test_run_gives_method_ideal_and_eager_rows():
 
 def test_paper_budget_and_bad_options():
     common = {"device": "cpu", "dtype": torch.float32, "repeats": 1, "warmup": 0, "decode_tokens": 0}
+    said = []
     rows = bench.run(
-        "tiny", ["pdrop"], [0.9], [1], budget="paper", references=False, progress=lambda _: None, **common
+        "tiny", ["pdrop"], [0.75, 0.9], [1], budget="paper", references=False, progress=said.append, **common
     )
-    assert [r.kind for r in rows] == ["unpruned", "method"]  # N_avg cannot reach 0.9; the paper setting can
+    # At 0.9, PyramidDrop's stages cannot cost as little as FastV (the paper axis's rule): skipped, saying so.
+    assert [(r.kind, r.reduction) for r in rows] == [("unpruned", None), ("method", 0.75)]
+    assert any("skipped" in line and "cannot reach FastV's" in line for line in said)
     assert rows[1].config["layers"] == [4, 8, 12]  # 8/16/24 of 32 on the 16-layer tiny decoder
     with pytest.raises(ValueError, match="budget='x'"):
         bench.run("tiny", ["fastv"], [0.5], [1], budget="x", **common)

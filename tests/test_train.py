@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -93,8 +94,14 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     train(TrainConfig(out=str(tmp_path / "straight"), **settings))
     first = train(TrainConfig(out=str(tmp_path / "stopped"), **settings), stop_after=2)
     assert first["stopped"] and first["step"] == 2
+    # As if killed after logging step 3 but before its checkpoint, mid-way through another line.
+    log = tmp_path / "stopped" / "log.jsonl"
+    with log.open("a") as f:
+        f.write('{"step": 3, "total": 9.0}\n{"step": 3, "tot')
     second = train(TrainConfig(out=str(tmp_path / "stopped"), resume=True, **settings))
     assert second["step"] == 3 and not second["stopped"]
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [3] and json.loads(log.read_text())["total"] != 9.0  # redone once, not twice
     straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     resumed = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
     for part in ("model", "heads"):
@@ -114,6 +121,14 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     )
     with pytest.raises(ValueError, match="other settings"):
         train(TrainConfig(out=str(tmp_path / "stopped"), resume=True, **{**settings, "lr": 0.5}))
+    # A finished run is neither resumed by accident nor silently replaced: --overwrite starts afresh.
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TrainConfig(out=str(tmp_path / "straight"), **settings))
+    train(TrainConfig(out=str(tmp_path / "straight"), overwrite=True, **{**settings, "steps": 1}))
+    again = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    assert again["step"] == 1
+    log = (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1]
 
 
 def test_blind_segmentation_never_runs_the_llava_tower(small_model):

@@ -30,8 +30,10 @@ from typing import Any
 import torch
 
 import segprune
+from segprune.checks import check_device, check_int, check_reductions
 from segprune.methods import METHODS, MethodConfig
 from segprune.methods.replay import ReplayConfig
+from segprune.outdir import check_out_dir
 from segprune.patch.transformers_api import cache_kwargs, output_cache
 
 # Text tokens around the image: 62 in all, the count that reproduces CSP Table 6's TFLOPs
@@ -309,12 +311,19 @@ def run(
     from segprune.eval.budgets import budget_config, check_budget
 
     check_budget(budget)
+    check_device(device)
     if graph and not device.startswith("cuda"):
         raise ValueError(f"graph=True needs a CUDA device, got device={device!r}")
-
+    if not methods:
+        raise ValueError(f"no method given; valid: {sorted(METHODS)}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; valid: {sorted(METHODS)}")
+    check_reductions(reductions)
+    if not batches:
+        raise ValueError("no batch size given; valid: integers >= 1, e.g. 1,16")
+    for batch in batches:
+        check_int("batches", batch, 1)
     model = build_model(preset, device, dtype)
     n_layers = model.config.text_config.num_hidden_layers
     n_image = model.config.image_seq_length
@@ -438,9 +447,21 @@ def add_parser(sub: Any) -> None:
         "index) and the eager-attention row. Writes a markdown table and JSON.",
     )
     p.add_argument("--preset", default="llava-1.5-7b-336", choices=[*sorted(PRESETS), TINY])
-    p.add_argument("--methods", default="fastv,pdrop,altp,csp", help="comma-separated method names")
-    p.add_argument("--reductions", default="0.75,0.9", help="comma-separated N_avg reductions")
-    p.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
+    from segprune.cli import comma_separated
+
+    p.add_argument(
+        "--methods",
+        type=comma_separated(),
+        default="fastv,pdrop,altp,csp",
+        help="comma-separated method names",
+    )
+    p.add_argument(
+        "--reductions",
+        type=comma_separated(float),
+        default="0.75,0.9",
+        help="comma-separated N_avg reductions, each 0 < r < 1",
+    )
+    p.add_argument("--batches", type=comma_separated(int), default="1,16", help="comma-separated batch sizes")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--repeats", type=int, default=20)
@@ -469,22 +490,15 @@ def cmd_bench(args: Any, method: Any = None) -> int:
     import pathlib
     import sys
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"--device {args.device}: no CUDA device here; use --device cpu (timings then mean little)"
-        )
-    for name, value in (
-        ("repeats", args.repeats),
-        ("warmup", args.warmup),
-        ("decode-tokens", args.decode_tokens),
-    ):
-        if value < (1 if name == "repeats" else 0):
-            raise ValueError(f"--{name}={value} is out of range; valid: >= {1 if name == 'repeats' else 0}")
+    check_out_dir(args.out)
+    check_int("--repeats", args.repeats, 1)
+    check_int("--warmup", args.warmup, 0)
+    check_int("--decode-tokens", args.decode_tokens, 0)
     rows = run(
         args.preset,
-        [m for m in args.methods.split(",") if m],
-        [float(r) for r in args.reductions.split(",") if r],
-        [int(b) for b in args.batches.split(",") if b],
+        args.methods,
+        args.reductions,
+        args.batches,
         device=args.device,
         dtype=getattr(torch, args.dtype),
         repeats=args.repeats,

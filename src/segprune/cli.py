@@ -7,10 +7,11 @@ import dataclasses
 import json
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from segprune import flops
+from segprune.checks import one_line
 from segprune.methods import METHODS, MethodConfig, get_config_class
 
 
@@ -18,11 +19,24 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _parse_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def comma_separated(kind: Callable[[str], Any] = str, empty_ok: bool = False) -> Callable[[str], tuple]:
+    """Return an argparse type reading a comma-separated list of `kind` (str, int or float) as a tuple.
+
+    An empty list is refused unless `empty_ok`: a flag given as "" would otherwise mean "the default".
+    """
+    what = {str: "names", int: "integers", float: "numbers"}.get(kind, "values")
+
+    def parse(text: str) -> tuple:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts and not empty_ok:
+            raise argparse.ArgumentTypeError(f"{text!r} holds no value; give comma-separated {what}")
+        try:
+            return tuple(kind(part) for part in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+    parse.__name__ = f"comma-separated {what}"
+    return parse
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type[MethodConfig]) -> None:
@@ -42,7 +56,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[MethodConfig]) -
         if hint in (int, float, str):
             kind = hint
         elif "tuple" in str(hint):
-            kind = _parse_tuple
+            kind = comma_separated(int, empty_ok=True)
         else:  # a field the command line cannot express
             continue
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
@@ -59,7 +73,7 @@ def config_from_args(cls: type[MethodConfig], args: argparse.Namespace) -> Metho
 
 def _method_parser(argv: Sequence[str]) -> type[MethodConfig] | None:
     """Find `--method NAME` in argv before the full parse, so its flags can be added."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = Parser(prog="segprune", add_help=False)
     pre.add_argument("--method")
     known, _ = pre.parse_known_args(argv)
     if known.method is None:
@@ -87,23 +101,36 @@ def cmd_flops(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
     return 0
 
 
-def cmd_convert_lisa(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
+def cmd_convert(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
     import torch  # imported here so that the other commands start without torch and transformers
 
-    from segprune.models.convert_lisa import convert_lisa
+    from segprune.models.convert import convert
+    from segprune.models.convert_glamm import GLAMM
+    from segprune.models.convert_lisa import LISA
 
+    family = {"convert-lisa": LISA, "convert-glamm": GLAMM}[args.command]
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    convert_lisa(
-        args.src, args.dst, tokenizer=args.tokenizer, dtype=dtype, config_overrides=args.config_overrides
+    convert(
+        args.src,
+        args.dst,
+        family,
+        tokenizer=args.tokenizer,
+        vision_tower=getattr(args, "vision_tower", None),
+        dtype=dtype,
+        config_overrides=args.config_overrides,
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.dst}")
     return 0
 
 
 def build_parser(method: type[MethodConfig] | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="segprune", description="Training-free visual-token pruning for segmentation VLMs."
+    parser = Parser(
+        prog="segprune",
+        description="Training-free visual-token pruning for segmentation VLMs. Bad input is reported as "
+        "one line with exit status 2; --debug (anywhere on the line) shows the traceback instead.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "flops",
@@ -123,19 +150,31 @@ def build_parser(method: type[MethodConfig] | None) -> argparse.ArgumentParser:
     if method is not None:
         add_config_flags(p, method)
     p.set_defaults(run=cmd_flops)
-    p = sub.add_parser(
-        "convert-lisa",
-        help="convert an official LISA checkpoint into a segprune SegModel directory",
-        description="Map a LISA checkpoint (LLaVA + CLIP + SAM ViT-H + [SEG] projector, LISA-7B-v1 layout) "
-        "to transformers LLaVA / SAM names and save it with save_pretrained; load it with "
-        "segprune.models.SegModel.from_pretrained(DST). See docs/segmodel.md.",
-    )
-    p.add_argument("src", help="LISA checkpoint directory (shards, config.json, tokenizer) or a weights file")
-    p.add_argument("dst", help="output directory")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: SRC)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the weights")
-    p.add_argument("--config-overrides", type=json.loads, help='JSON, e.g. {"vision_config": {...}}')
-    p.set_defaults(run=cmd_convert_lisa)
+    for name, layout in (
+        ("LISA", "LLaVA + CLIP + SAM ViT-H + [SEG] projector, LISA-7B-v1 layout"),
+        ("GLaMM", "LLaVA-1.5 + SAM ViT-H + [SEG] projector; the region encoder is not converted"),
+    ):
+        p = sub.add_parser(
+            f"convert-{name.lower()}",
+            help=f"convert an official {name} checkpoint into a segprune SegModel directory",
+            description=f"Map a {name} checkpoint ({layout}) to transformers LLaVA / SAM names and save it "
+            "with save_pretrained; load it with segprune.models.SegModel.from_pretrained(DST). "
+            "See docs/segmodel.md.",
+        )
+        p.add_argument("src", help=f"{name} checkpoint directory (shards, config.json, tokenizer) or a file")
+        p.add_argument("dst", help="output directory: new or empty (see --overwrite)")
+        p.add_argument("--tokenizer", help="tokenizer directory (default: SRC)")
+        if name == "GLaMM":
+            p.add_argument(
+                "--vision-tower",
+                metavar="CLIP_DIR",
+                help="CLIP directory (openai/clip-vit-large-patch14-336): needed when SRC has no CLIP "
+                "weights (GLaMM's released checkpoints have none); replaces SRC's otherwise",
+            )
+        p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the weights")
+        p.add_argument("--config-overrides", type=json.loads, help='JSON, e.g. {"vision_config": {...}}')
+        p.add_argument("--overwrite", action="store_true", help="write into a non-empty DST directory")
+        p.set_defaults(run=cmd_convert)
     from segprune.eval import commands as eval_commands  # `eval` and `sweep`; they import models lazily
 
     eval_commands.add_parsers(sub, method)
@@ -148,21 +187,51 @@ def build_parser(method: type[MethodConfig] | None) -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """A command line that does not parse (argparse's complaint, as one line)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors raise `UsageError`, so `main` reports them as one line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# Raised for a user's damaged file or a full device, not for a bug; named, so no torch import is needed.
+USER_FAULTS = ("OutOfMemoryError", "SafetensorError", "UnpicklingError")
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Bad input (ValueError), the machine (files, permissions, a full disk), a damaged weights file
+    or a device out of memory."""
+    return isinstance(err, (ValueError, OSError)) or type(err).__name__ in USER_FAULTS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    Bad input and faults of the machine are reported as one line, `segprune: error: ...`, with exit
+    status 2; `--debug` (anywhere on the line) shows their traceback instead. Other exceptions are
+    bugs and keep their traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     try:
         method = _method_parser(argv)
-    except ValueError as err:
-        print(f"segprune: error: {err}", file=sys.stderr)
-        return 2
-    parser = build_parser(method)
-    args = parser.parse_args(argv)
-    args.argv = argv  # the command as typed, for reports that say how they were produced
-    try:
+        args = build_parser(method).parse_args(argv)
+        args.argv = argv  # the command as typed, for reports that say how they were produced
         return args.run(args, method)
-    except ValueError as err:
-        print(f"segprune: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("segprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug or not _is_user_error(err):
+            raise
+        print(f"segprune: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

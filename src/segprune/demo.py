@@ -13,8 +13,9 @@ latency). Outputs in `out/`:
 
 Budgets (`segprune.eval.budgets.paper_config`, as the sweep's default): "75%" and "90%" mean 144
 and 57 of 576 image tokens remain after the (last) pruning step, ALTP Table 1's convention, for FastV,
-ALTP, PyramidDrop (whose last stage holds them), VisionZip and PruMerge+; CSP uses its own Table 6
-settings for 75% and 90% fewer tokens on average (N_avg). The N_avg column shows what each schedule
+ALTP, PyramidDrop (whose last stage holds them: the sweep's `pdrop-last_stage` rule, since PyramidDrop
+at FastV's cost cannot reach 90%), VisionZip and PruMerge+; CSP uses its own Table 6 settings for 75%
+and 90% fewer tokens on average (N_avg). The N_avg column shows what each schedule
 really keeps.
 """
 
@@ -31,8 +32,10 @@ import torch
 
 import segprune
 from segprune import flops
+from segprune.checks import check_int
 from segprune.methods import MethodConfig
 from segprune.methods.scale import scale_layers
+from segprune.outdir import check_out_dir
 
 DEMO_SEED = 3  # the scene is generate_split(1, DEMO_SEED)[0]
 N_IMAGE, PAPER_LAYERS, PRESET = 576, 32, "llava-1.5-7b-336"
@@ -72,7 +75,7 @@ def demo_rows(quick: bool = False) -> list[DemoRow]:
     rows = [DemoRow("Unpruned", "", None)]
     for name, reduction in BUDGETS.items():
         rows += [
-            DemoRow(label, name, paper_config(method, reduction, N_IMAGE))
+            DemoRow(label, name, paper_config(method, reduction, N_IMAGE, pdrop_rule="last_stage"))
             for label, method in DEMO_METHODS.items()
         ]
     if quick:
@@ -100,9 +103,11 @@ def demo_scene(scene_seed: int | None = None, query_index: int | None = None) ->
     """Return the demo's scene and query: by default the scene's first spatial query on a non-small object."""
     from segprune.data import generate_split
 
+    if scene_seed is not None:
+        check_int("scene_seed", scene_seed, 0)
     scene = generate_split(1, DEMO_SEED if scene_seed is None else scene_seed)[0]
     if query_index is not None:
-        return scene, scene.queries[query_index]
+        return scene, scene.queries[check_int("query_index", query_index, 0, len(scene.queries) - 1)]
     candidates = [q for q in scene.queries if q.type == "spatial" and not q.small] or scene.queries
     return scene, candidates[0]
 
@@ -262,8 +267,12 @@ def run_demo(
 ) -> list[DemoResult]:
     """Run every demo row on the tiny model, write the pictures and the table to `out`, print the table.
 
-    `threads` sets torch's CPU threads for the run (None: leave them); it is restored afterwards.
+    `threads` sets torch's CPU threads for the run (None or 0: leave them); it is restored afterwards.
     """
+    check_int("repeats", repeats, 1)
+    if threads is not None:
+        check_int("threads", threads, 0)
+    check_out_dir(out)
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -276,11 +285,14 @@ def run_demo(
 def _run_demo(out, model_path, scene_seed, query_index, repeats, quick, model, echo) -> list[DemoResult]:
     from segprune.models.tiny import refer_query, tiny
 
+    scene, query = demo_scene(scene_seed, query_index)  # bad choices are refused before anything loads
+    if model is None:
+        from segprune.eval.runner import loading
+
+        with loading(model_path or "the bundled tiny model"):
+            model = tiny(model_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if model is None:
-        model = tiny(model_path)
-    scene, query = demo_scene(scene_seed, query_index)
     pictures = []
     with torch.inference_mode():
         results = [run_row(model, row, scene.image, query) for row in demo_rows(quick)]

@@ -20,6 +20,8 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from segprune.checks import check_number
+
 __all__ = [
     "FLOPS_PER_MAC",
     "FORMULAS",
@@ -118,10 +120,8 @@ def _check_formula(formula: str) -> None:
 
 
 def _check_count(name: str, value: float, upper: float = math.inf) -> None:
-    """Raise ``ValueError`` unless ``0 <= value <= upper`` (rejects NaN and booleans)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= upper:
-        bound = "" if math.isinf(upper) else f", {upper}"
-        raise ValueError(f"{name} must be a number in [0{bound}], got {value!r}")
+    """Raise ``ValueError`` unless ``0 <= value <= upper`` and finite (rejects NaN, inf and booleans)."""
+    check_number(name, value, 0, None if math.isinf(upper) else upper)
 
 
 def layer_flops(n: float, d: int, m: int, formula: str = "csp") -> float:

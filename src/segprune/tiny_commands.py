@@ -18,7 +18,7 @@ TRAIN_HELP = {
     "weight_decay": "AdamW weight decay",
     "seed": "initialises the model and seeds every batch",
     "device": "cpu, cuda, cuda:1, ... (bf16 autocast on CUDA)",
-    "resume": "continue from OUT/checkpoint.pt",
+    "resume": "continue from OUT/checkpoint.pt (an empty or new OUT starts afresh)",
     "val_every": "validate every N steps and at the end (0: never)",
     "val_size": "fixed validation cases (split seed 2024)",
     "checkpoint_every": "write OUT/checkpoint.pt every N steps (and at the end or on stop)",
@@ -26,11 +26,22 @@ TRAIN_HELP = {
     "log_every": "log the losses every N steps",
     "workers": "data-loader processes (0: build batches in the training process)",
     "threads": "torch CPU threads (0: torch's default)",
-    "save_dtype": "dtype of the saved model/ (float16 or float32)",
+    "save_dtype": "dtype of the saved model/ (float16, bfloat16 or float32)",
     "dims": "JSON overrides of the model sizes (TinyDims), e.g. '{\"llm_width\": 256}'",
     "mix": "JSON overrides of the task mix (TaskMix), e.g. '{\"refer_turns\": 3}'",
     "loss_weights": "JSON overrides of the loss weights (objective.WEIGHTS), e.g. '{\"mask_dice\": 0.5}'",
+    "overwrite": "start afresh in an OUT that holds a run, replacing its checkpoint, model/ and log",
 }
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"name\": 1}}', got {text!r}")
+    return value
 
 
 def _train_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +59,7 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=default, help=TRAIN_HELP[f.name]
             )
             continue
-        kind = json.loads if typing.get_origin(hint) is dict else hint
+        kind = _json_object if typing.get_origin(hint) is dict else hint
         parser.add_argument(
             flag, type=kind, default=default, help=f"{TRAIN_HELP[f.name]} (default: {default})"
         )
@@ -95,7 +106,7 @@ def add_parsers(sub: Any) -> None:
         "demo",
         help="prune the bundled tiny model with each method; pictures, a table, N_avg, TFLOPs, IoU, latency",
         description="Load the bundled tiny model, segment one shapes scene unpruned and with FastV, "
-        "PyramidDrop, ALTP, CSP, VisionZip and PruMerge+ at about 75%% and 90%% token reduction, write one "
+        "PyramidDrop, ALTP, CSP, VisionZip and PruMerge+ at about 75% and 90% token reduction, write one "
         "PNG per method, a sheet and table.md to --out, and print the table. See docs/demo.md.",
     )
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
@@ -103,13 +114,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--scene-seed", type=int, default=None, help="seed of the demo scene (default: the demo's)"
     )
-    p.add_argument("--query-index", type=int, default=None, help="which of the scene's queries to ask")
+    p.add_argument(
+        "--query-index", type=int, default=None, help="which of the scene's queries to ask (0, 1, ...)"
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed runs per method; the median is reported")
     p.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads (default 1: on a small or shared machine more threads make latency erratic)",
+        help="torch CPU threads, 0: torch's default (default 1: on a small or shared machine more threads "
+        "make latency erratic)",
     )
     p.add_argument("--quick", action="store_true", help="only the 90%% rows of FastV and CSP (for tests)")
     p.set_defaults(run=cmd_demo)

@@ -155,9 +155,22 @@ def test_summary_is_rebuilt_from_records(reference):
     assert scaled["tflops"] < scaled["dense_tflops"] == pytest.approx(8.477, abs=1e-3)
     latency = summary["latency"]
     assert latency["batches_timed"] == 2 and latency["warmup_batches_left_out"] == 1
+    assert not latency["includes_warmup"]
     assert latency["per_batch_s"]["min"] <= latency["per_batch_s"]["median"] <= latency["per_batch_s"]["max"]
     assert summary["environment"]["torch"] == torch.__version__
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_a_one_batch_run_says_its_latency_includes_the_warm_up(reference):
+    from segprune.eval.commands import format_summary
+    from segprune.eval.cost import latency_summary
+
+    first_batch = [r for r in merged_records(reference[0]) if r["batch"]["index"] == 0]
+    latency = latency_summary(first_batch)
+    assert latency["includes_warmup"] and latency["batches_timed"] == 1
+    summary = {**reference[1], "latency": latency}
+    assert "warm-up batches only" in format_summary(summary)
+    assert "warm-up" not in format_summary(reference[1])
 
 
 def test_pruning_changes_results_and_is_undone(model, reference, tmp_path):

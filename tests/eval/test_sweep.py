@@ -41,6 +41,10 @@ def reachable(method: str, reduction: float, layers: int, n: int) -> bool:
 @pytest.mark.parametrize("label", sorted(variants()))
 def test_config_for_hits_the_target(label, reduction, layers, n):
     method, overrides = variants()[label]
+    if "pdrop_rule" in overrides:  # a rule of the paper axis
+        with pytest.raises(ValueError, match="pdrop_rule sets PyramidDrop on the paper axis"):
+            config_for(method, reduction, layers, n, **overrides)
+        return
     if not reachable(method, reduction, layers, n):
         with pytest.raises(ValueError, match=f"{method} cannot reach .*closest"):
             config_for(method, reduction, layers, n, **overrides)
@@ -85,11 +89,12 @@ def test_config_for_errors():
 @pytest.mark.parametrize(("reduction", "left"), [(0.5, 288), (0.75, 144), (0.9, 57)])
 def test_paper_config_leaves_altp_table1_token_counts(reduction, left):
     for method in ("fastv", "altp", "pdrop", "visionzip", "prumerge"):
-        live = paper_config(method, reduction, 576).plan(576, 32).live_counts()
+        rule = {"pdrop_rule": "last_stage"} if method == "pdrop" else {}
+        live = paper_config(method, reduction, 576, **rule).plan(576, 32).live_counts()
         assert live[-1] == left, method
     assert paper_config("fastv", reduction, 576).layer == 2
     assert paper_config("altp", reduction, 576, allocation="ddc").allocation == "ddc"
-    assert paper_config("pdrop", reduction, 576).layers == (8, 16, 24)
+    assert paper_config("pdrop", reduction, 576, pdrop_rule="last_stage").layers == (8, 16, 24)
     csp = paper_config("csp", reduction, 576, cluster="uniform")
     if reduction in (0.75, 0.9):  # Table 6 rows; 0.5 has none and is solved for N_avg
         assert csp == CSPConfig.preset("llava-1.5-7b-336", reduction, cluster="uniform")
@@ -99,12 +104,40 @@ def test_paper_config_leaves_altp_table1_token_counts(reduction, left):
         paper_config("fastv", 1.0, 576)
 
 
+@pytest.mark.parametrize(("reduction", "fastv_fraction"), [(0.5, 0.5487), (0.75, 0.3280)])
+def test_paper_pdrop_costs_what_fastv_costs(reduction, fastv_fraction):
+    """ALTP Table 1 compares PyramidDrop at FastV's FLOPs: 55% and 33% of dense (ALTP Eq. 5, 7B-336)."""
+    dims = flops.preset("llava-1.5-7b-336")
+    fastv = paper_config("fastv", reduction, 576).plan(576, 32).live_counts()
+    assert flops.altp_fraction(fastv, dims) == pytest.approx(fastv_fraction, abs=1e-4)
+    pdrop = paper_config("pdrop", reduction, 576)
+    assert pdrop.layers == (8, 16, 24)
+    cost = flops.altp_fraction(pdrop.plan(576, 32).live_counts(), dims)
+    assert cost == pytest.approx(fastv_fraction, abs=0.01)
+    # One token step more at every stage costs more than the tolerance allows for: it is the closest.
+    wider = type(pdrop)(layers=pdrop.layers, ratio=pdrop.ratio * 1.05)
+    assert abs(flops.altp_fraction(wider.plan(576, 32).live_counts(), dims) - fastv_fraction) > abs(
+        cost - fastv_fraction
+    )
+
+
+def test_paper_pdrop_cannot_reach_fastvs_90_percent_cost():
+    # FastV keeps 57 tokens after layer 2: 19.6% of dense; stages 8/16/24 cost at least 29.0%.
+    expected = r"cannot reach FastV's 19\.6% of dense FLOPs \(its lowest is 29\.0%\)"
+    with pytest.raises(ValueError, match=expected):
+        paper_config("pdrop", 0.9, 576)
+    with pytest.raises(ValueError, match=r"pdrop_rule='nope'; valid: \['flops', 'last_stage'\]"):
+        paper_config("pdrop", 0.5, 576, pdrop_rule="nope")
+
+
 def test_paper_budget_reaches_90_percent_on_the_tiny_depth():
     cells = plan_sweep(["refseg"], list(variants()), (0.5, 0.75, 0.9), 8, 576, budget="paper")
-    assert all(c.skipped is None for c in cells)
+    skipped = {(c.label, c.reduction) for c in cells if c.skipped}
+    assert skipped == {("pdrop", 0.9)}  # FastV's 90% cost is below what PDrop's stages allow
     by = {(c.label, c.reduction): c.config for c in cells}
     assert by["fastv", 0.9].layer == 1 and by["altp-ddf", 0.9].layer == 1  # K = 2 of 32 -> 1 of 8
-    assert by["pdrop", 0.9].layers == (2, 4, 6)
+    assert by["pdrop-last_stage", 0.9].layers == (2, 4, 6)
+    assert by["pdrop", 0.75].layers == (2, 4, 6)
     assert (by["csp-cls", 0.9].cluster_layers, by["csp-cls", 0.9].scatter_layers) == (3, 1)
     navg = plan_sweep(["refseg"], ["fastv"], (0.9,), 8, 576, budget="navg")
     assert navg[1].skipped and "cannot reach" in navg[1].skipped
@@ -128,11 +161,12 @@ def test_sweep_end_to_end(tmp_path):
     labels = [UNPRUNED, *variants()]
     run = [c for c in cells if c.skipped is None]
     # 16 image tokens in 4 layers: every method reaches 0.5; only the pre-LLM ones reach 0.9 (0.875).
+    # PDrop's last-stage rule belongs to the paper axis: on this (N_avg) axis it is skipped.
     assert {(c.label, c.reduction) for c in run if c.task == "refseg"} == {(UNPRUNED, None)} | {
         (label, r)
         for label in labels[1:]
         for r in (0.5, 0.9)
-        if r == 0.5 or label in ("visionzip", "prumerge")
+        if (r == 0.5 or label in ("visionzip", "prumerge")) and label != "pdrop-last_stage"
     }
     assert {c.task for c in cells} == {"refseg", "gcg"}
     for cell in run:

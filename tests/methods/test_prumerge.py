@@ -111,8 +111,9 @@ def eager_attention(models, inputs):
     return out.attentions[-1][:, :, 0, 1:].mean(1)
 
 
-def expected_prumerge(attention, keys, proj, count, k):
-    """PruMerge+'s kept tokens and merged embeddings, written out token by token."""
+def expected_prumerge(attention, keys, proj, count, k, project=None):
+    """PruMerge+'s kept tokens and merged embeddings, written out token by token: `proj` holds what
+    is averaged; `project` (if given) maps an average to an LLM input."""
     out = []
     for b in range(attention.shape[0]):
         row = attention[b].double().numpy()
@@ -131,21 +132,28 @@ def expected_prumerge(attention, keys, proj, count, k):
             members = [p, *sorted(similarity, key=lambda j: -similarity[j])[:k]]
             weights = attention[b, members]
             merged[p] = (weights[:, None] * proj[b, members]).sum(0) / weights.sum()
+            if project is not None:
+                merged[p] = project(merged[p])
         out.append((n_outliers, merged))
     return out
 
 
 @torch.no_grad()
-def test_kept_tokens_and_merged_embeddings_by_hand(models, inputs, eager_attention):
+@pytest.mark.parametrize("merge_space", ["vision", "llm"])
+def test_kept_tokens_and_merged_embeddings_by_hand(models, inputs, eager_attention, merge_space):
+    """ "vision": the projection of the weighted average of CLIP features (PruMerge's code); "llm":
+    the weighted average of projector outputs."""
     model = models[0]
     store = {}
     hooks = [
-        model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: store.update(proj=o)),
+        model.model.multi_modal_projector.register_forward_hook(  # the first call: every image token
+            lambda m, i, o: None if "proj" in store else store.update(proj=(i[0], o))
+        ),
         encoder_layers(model.model.vision_tower)[-1].self_attn.k_proj.register_forward_hook(
             lambda m, i, o: store.update(keys=o)
         ),
     ]
-    segprune.prune_(model, PruMergeConfig(plus=True, keep_ratio=0.375, neighbours=4))
+    segprune.prune_(model, PruMergeConfig(plus=True, keep_ratio=0.375, neighbours=4, merge_space=merge_space))
     try:
         out = model(**inputs, output_hidden_states=True)
     finally:
@@ -155,7 +163,11 @@ def test_kept_tokens_and_merged_embeddings_by_hand(models, inputs, eager_attenti
         segprune.unprune(model)
     assert stats.live_tokens.tolist() == [[6, 6]] * 4
     keys = store["keys"][:, 1:]  # all heads concatenated: the k_proj output
-    expected = expected_prumerge(eager_attention, keys, store["proj"], 6, 4)
+    clip, proj = store["proj"]
+    if merge_space == "vision":
+        expected = expected_prumerge(eager_attention, keys, clip, 6, 4, model.model.multi_modal_projector)
+    else:
+        expected = expected_prumerge(eager_attention, keys, proj, 6, 4)
     assert [n for n, _ in expected] == [2, 1], "the sharpened model should give different outlier counts"
     for b, (_, merged) in enumerate(expected):
         assert stats.kept_indices[0][b].tolist() == sorted(merged)

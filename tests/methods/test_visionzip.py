@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,10 +58,13 @@ def test_budget_that_cannot_fit_fails_at_prune_time(model):
 
 
 def run_with_captures(model, inputs, vision_layer):
-    """Run `model` and return its output, the projector's outputs and one vision layer's k_proj output."""
+    """Run `model`; return its output, the projector's first call (input, output) and one vision
+    layer's k_proj output. (A method merging before the projector calls it a second time.)"""
     store = {}
     hooks = [
-        model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: store.update(proj=o)),
+        model.model.multi_modal_projector.register_forward_hook(
+            lambda m, i, o: None if "proj" in store else store.update(proj=(i[0], o))
+        ),
         encoder_layers(model.model.vision_tower)[vision_layer].self_attn.k_proj.register_forward_hook(
             lambda m, i, o: store.update(keys=o)
         ),
@@ -79,8 +84,9 @@ def eager_cls_attention(model, eager_model, pixel_values, layer):
     return out.attentions[layer][:, :, 0, 1:].mean(1)
 
 
-def expected_visionzip(attention, keys, proj, dominant, contextual):
-    """VisionZip's kept tokens and their LLM-input embeddings, written out token by token."""
+def expected_visionzip(attention, keys, proj, dominant, contextual, project=None):
+    """VisionZip's kept tokens and their LLM-input embeddings, written out token by token: `proj`
+    holds what is averaged; `project` (if given) maps a group mean to an LLM input."""
     out = []
     for b in range(attention.shape[0]):
         order = sorted(range(N_IMAGE), key=lambda j: -float(attention[b, j]))
@@ -93,20 +99,29 @@ def expected_visionzip(attention, keys, proj, dominant, contextual):
                 groups[targets[similarity.index(max(similarity))]].append(j)
         merged = {d: proj[b, d] for d in order[:dominant]}
         merged.update({t: proj[b, group].mean(0) for t, group in groups.items()})
+        if project is not None:
+            merged = {t: project(m) for t, m in merged.items()}
         out.append((merged, groups))
     return out
 
 
 @torch.no_grad()
-def test_merged_embeddings_are_group_means(model, eager_model, inputs):
-    config = EXAMPLES["visionzip"]  # 4 dominant + 2 contextual of 16
+@pytest.mark.parametrize("merge_space", ["vision", "llm"])
+def test_merged_embeddings_are_group_means(model, eager_model, inputs, merge_space):
+    """ "vision": the projection of each group's mean CLIP feature (VisionZip's code); "llm": the
+    mean of the group's projector outputs."""
+    config = dataclasses.replace(EXAMPLES["visionzip"], merge_space=merge_space)  # 4 + 2 of 16
     segprune.prune_(model, config)
-    out, proj, k_proj = run_with_captures(model, inputs, -2)
+    out, (clip, proj), k_proj = run_with_captures(model, inputs, -2)
     stats = segprune.stats(model)
     assert stats.live_tokens.tolist() == [[6, 6]] * 4
     attention = eager_cls_attention(model, eager_model, inputs["pixel_values"], -2)
     keys = k_proj[:, 1:].view(2, N_IMAGE, 4, 8).mean(2)  # VisionZip's metric: keys, mean over heads
-    for b, (merged, groups) in enumerate(expected_visionzip(attention, keys, proj, 4, 2)):
+    if merge_space == "vision":
+        expected = expected_visionzip(attention, keys, clip, 4, 2, model.model.multi_modal_projector)
+    else:
+        expected = expected_visionzip(attention, keys, proj, 4, 2)
+    for b, (merged, groups) in enumerate(expected):
         assert stats.kept_indices[0][b].tolist() == sorted(merged)
         assert sum(len(g) for g in groups.values()) == 12 and max(len(g) for g in groups.values()) > 1
         image_rows = (inputs["input_ids"][b] == IMAGE_TOKEN_ID).nonzero().squeeze(1)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_helpers import (
+    llava_v1_state,
+    sam_state,
+    segment_anything_keys,
+    tiny_llama_config,
+    write_shards,
+)
 from seg_helpers import ground_scripted, images
 
 from segprune.cli import main
@@ -21,45 +27,11 @@ from segprune.models.tiny_seg import TINY_WORDS
 LISA_SPECIALS = ("<unk>", "<s>", "</s>", "[SEG]", "<im_start>", "<im_end>")
 LISA_WORDS = (*TINY_WORDS, "horse")
 SEG_ID, IMAGE_ID = 3, 63
-GOLDEN = Path(__file__).parent / "data" / "lisa_sam_keys.txt"
 # Heads the tensors cannot show for these tiny sizes (real LISA: CLIP heads = width / 64, SAM decoder 8).
 OVERRIDES = {
     "vision_config": {"num_attention_heads": 4},
     "sam_mask_decoder_config": {"num_attention_heads": 2},
 }
-
-# transformers SamModel name -> segment-anything name, for writing the synthetic checkpoint. Order
-# matters: the feed-forward heads' middle layer moves before proj_in takes its place.
-SAM_NAMES = [
-    (r"vision_encoder\.", "image_encoder."),
-    (r"patch_embed\.projection", "patch_embed.proj"),
-    (r"image_encoder\.layers\.", "image_encoder.blocks."),
-    (r"neck\.conv1", "neck.0"),
-    (r"neck\.layer_norm1", "neck.1"),
-    (r"neck\.conv2", "neck.2"),
-    (r"neck\.layer_norm2", "neck.3"),
-    (r"\.layer_norm([1-4])\.", r".norm\1."),
-    (r"layer_norm_final_attn", "norm_final_attn"),
-    (r"shared_embedding\.positional_embedding", "pe_layer.positional_encoding_gaussian_matrix"),
-    (r"prompt_encoder\.point_embed\.", "prompt_encoder.point_embeddings."),
-    (r"mask_embed\.conv1", "mask_downscaling.0"),
-    (r"mask_embed\.norm1", "mask_downscaling.1"),
-    (r"mask_embed\.conv2", "mask_downscaling.3"),
-    (r"mask_embed\.norm2", "mask_downscaling.4"),
-    (r"mask_embed\.conv3", "mask_downscaling.6"),
-    (r"upscale_conv1", "output_upscaling.0"),
-    (r"upscale_layer_norm", "output_upscaling.1"),
-    (r"upscale_conv2", "output_upscaling.3"),
-    (r"(mlps\.\d+|iou_prediction_head)\.layers\.0\.", r"\1.layers.1."),
-    (r"\.proj_in\.", ".layers.0."),
-    (r"\.proj_out\.", ".layers.2."),
-]
-
-
-def sam_name(name: str) -> str:
-    for pattern, replacement in SAM_NAMES:
-        name = re.sub(pattern, replacement, name)
-    return name
 
 
 def lisa_model(projector: str) -> SegModel:
@@ -84,64 +56,16 @@ def lisa_model(projector: str) -> SegModel:
 
 def lisa_state_dict(model: SegModel, projector: str) -> dict[str, torch.Tensor]:
     """`model`'s weights under LISA's names, as LISAForCausalLM.state_dict() gives them."""
-    out = {}
-    for name, tensor in model.state_dict().items():
-        if name.startswith("mllm.model.language_model."):
-            rest = name.removeprefix("mllm.model.language_model.")
-            out["model." + rest] = tensor[:IMAGE_ID] if rest == "embed_tokens.weight" else tensor
-        elif name == "mllm.lm_head.weight":
-            out["lm_head.weight"] = tensor[:IMAGE_ID]
-        elif name.startswith("mllm.model.vision_tower."):
-            out[
-                "model.vision_tower.vision_tower.vision_model."
-                + name.removeprefix("mllm.model.vision_tower.")
-            ] = tensor
-        elif name.startswith("mllm.model.multi_modal_projector."):
-            layer, param = name.split(".")[-2:]
-            if projector == "linear" and layer == "linear_1":
-                out[f"model.mm_projector.{param}"] = tensor
-            elif projector == "mlp2x_gelu":
-                out[f"model.mm_projector.{0 if layer == 'linear_1' else 2}.{param}"] = tensor
-        elif name.startswith("seg_projector."):
-            out["model.text_hidden_fcs.0." + name.removeprefix("seg_projector.")] = tensor
-        elif name.startswith("sam.") and not name.startswith("sam.shared_image_embedding"):
-            out["model.visual_model." + sam_name(name.removeprefix("sam."))] = tensor
-    # Buffers transformers 4.31 (LISA's pin) still saved; current models recompute them.
-    out["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
-    out["model.vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(17)[None]
-    return out
+    return {**llava_v1_state(model, IMAGE_ID, projector), **sam_state(model, "model.visual_model.")}
 
 
 def write_checkpoint(directory: Path, state: dict[str, torch.Tensor]) -> None:
     """Two safetensors shards with an index, LISA's config.json and tokenizer, as in the LISA repo."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
-    weight_map = {}
-    for file, names in shards.items():
-        save_file({k: state[k].contiguous() for k in names}, str(directory / file))
-        weight_map.update(dict.fromkeys(names, file))
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    write_shards(directory, state)
     config = {
+        **tiny_llama_config(IMAGE_ID),
         "architectures": ["LISAForCausalLM"],
-        "model_type": "llava",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 4,
-        "max_position_embeddings": 512,
-        "rms_norm_eps": 1e-6,
-        "vocab_size": IMAGE_ID,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
         "mm_vision_tower": "openai/clip-vit-large-patch14",
-        "mm_vision_select_layer": -2,
-        "mm_use_im_start_end": True,
-        "out_dim": 16,
-        "train_mask_decoder": True,
     }
     (directory / "config.json").write_text(json.dumps(config))
     word_tokenizer(LISA_WORDS, special_tokens=LISA_SPECIALS).save_pretrained(directory)
@@ -159,10 +83,8 @@ def lisa(request, tmp_path_factory):
 def test_synthetic_sam_keys_are_segment_anything_keys(lisa):
     """The checkpoint's SAM part has the names and shapes segment-anything itself saves (data file)."""
     _, state, _ = lisa
-    lines = [line.split() for line in GOLDEN.read_text().splitlines() if not line.startswith("#")]
-    golden = {name: tuple(int(n) for n in shape) for name, *shape in lines}
     ours = {k: tuple(v.shape) for k, v in state.items() if k.startswith("model.visual_model.")}
-    assert ours == golden
+    assert ours == segment_anything_keys("model.visual_model.")
 
 
 @torch.no_grad()
@@ -229,3 +151,23 @@ def test_single_bin_file_and_the_command_line(lisa, tmp_path):
     assert converted.config.llava_config.text_config.num_hidden_layers == 4
     expected = model.state_dict()
     assert all(torch.equal(t, expected[k]) for k, t in converted.state_dict().items())
+
+
+def test_destination_must_be_a_new_or_empty_directory(lisa, tmp_path):
+    _, _, src = lisa
+    (tmp_path / "file").write_text("not a model")
+    with pytest.raises(ConversionError, match=r"destination '.*file' exists and is not a directory"):
+        convert_lisa(src, tmp_path / "file", config_overrides=OVERRIDES)
+    assert main(["convert-lisa", str(src), str(tmp_path / "file")]) == 2
+    assert (tmp_path / "file").read_text() == "not a model"
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep")
+    with pytest.raises(ConversionError, match=r"destination '.*full' is not empty.*--overwrite"):
+        convert_lisa(src, tmp_path / "full", config_overrides=OVERRIDES)
+    (tmp_path / "empty").mkdir()
+    convert_lisa(src, tmp_path / "empty", config_overrides=OVERRIDES)
+    convert_lisa(src, tmp_path / "full", config_overrides=OVERRIDES, overwrite=True)
+    assert (tmp_path / "full" / "notes.txt").read_text() == "keep"  # overwrite writes over, keeps the rest
+    with pytest.raises(ConversionError, match=r"holds the checkpoint"):  # its save could delete SRC's shards
+        convert_lisa(src, src, config_overrides=OVERRIDES, overwrite=True)
+    assert SegModel.from_pretrained(tmp_path / "full").config.seg_token_id == SEG_ID

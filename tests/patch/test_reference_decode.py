@@ -3,12 +3,15 @@ model's decoder layers, with no KV cache and no segprune code on the path.
 
 The reference recomputes the whole pruned sequence at every step. At decoder layer l it runs only the
 tokens live there: every text and generated token plus the image tokens the prefill kept at l (read
-from `segprune.stats`), each at its original position id. A row that is not live keeps the hidden
+from `segprune.stats`), each at its original position id or, for a plan that renumbers (PyramidDrop's
+default), at its rank among the tokens live there. A row that is not live keeps the hidden
 state it last had, which is where a re-activated token (CSP) comes back from. Cached decoding must give
 the same tokens and logits; a cache that is dropped, renamed or filled wrongly does not.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -22,10 +25,15 @@ STEPS = 5
 N_IMAGE = 16
 
 
-def replayable(name: str) -> bool:
-    """Whether `name`'s live sets describe its prefill (no merged hidden states)."""
-    plan = EXAMPLES[name].plan(N_IMAGE, 4)
+def replayable(config) -> bool:
+    """Whether `config`'s live sets describe its prefill (no merged hidden states)."""
+    plan = config.plan(N_IMAGE, 4)
     return not any(isinstance(step, Keep) and step.merge is not None for step in plan.steps)
+
+
+# Every registered method whose live sets can be replayed, and PyramidDrop with either position rule.
+CASES = {name: EXAMPLES[name] for name in method_names() if replayable(EXAMPLES[name])}
+CASES["pdrop-original"] = dataclasses.replace(EXAMPLES["pdrop"], positions="original")
 
 
 def prompt_embeddings(model, inputs) -> torch.Tensor:
@@ -43,7 +51,7 @@ def prompt_embeddings(model, inputs) -> torch.Tensor:
     return seen["embeds"]
 
 
-def reference_greedy(model, inputs, kept: list[torch.Tensor], steps: int):
+def reference_greedy(model, inputs, kept: list[torch.Tensor], steps: int, renumber: bool = False):
     """Greedy tokens and logits of each step, recomputing the pruned sequence from scratch every step."""
     lm = model.model.language_model
     batch = inputs["input_ids"].shape[0]
@@ -63,7 +71,10 @@ def reference_greedy(model, inputs, kept: list[torch.Tensor], steps: int):
             live = torch.stack([row.nonzero().squeeze(1) for row in live_mask])  # (batch, n_live) sorted
             rows = live[..., None].expand(-1, -1, full.shape[-1])
             hidden = full.gather(1, rows)
-            live_pos = positions.gather(1, live)
+            if renumber:  # the live tokens counted afresh, as if the dropped ones had never been there
+                live_pos = position_ids_of((valid & live_mask).long()).gather(1, live)
+            else:
+                live_pos = positions.gather(1, live)
             allowed = (live[:, None, :] <= live[:, :, None]) & valid.gather(1, live)[:, None, :]
             allowed |= live[:, None, :] == live[:, :, None]  # padding rows see themselves only
             mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
@@ -92,12 +103,13 @@ def _unpruned(model):
 
 @torch.no_grad()
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("name", [n for n in method_names() if replayable(n)])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_generate_equals_a_cache_free_reference_loop(model, name, batch):
+    config = CASES[name]
     inputs = tiny_llava_inputs(model, batch=batch, prompt_lengths=(5, 8), left_pad=True)
     if batch == 2:
         assert not inputs["attention_mask"].all(), "batch 2 must hold left padding"
-    segprune.prune_(model, EXAMPLES[name])
+    segprune.prune_(model, config)
     model(**inputs)  # the prefill alone: its live sets are the ones generate() must decode with
     kept = [k.clone() for k in segprune.stats(model).kept_indices]
     out = model.generate(
@@ -106,13 +118,14 @@ def test_generate_equals_a_cache_free_reference_loop(model, name, batch):
     after = segprune.stats(model)
     segprune.unprune(model)
 
-    tokens, logits = reference_greedy(model, inputs, kept, STEPS)
+    tokens, logits = reference_greedy(model, inputs, kept, STEPS, renumber=after.renumbered)
     generated = out.sequences[:, inputs["input_ids"].shape[1] :]
     difference = (torch.stack(out.logits, dim=1) - logits).abs().max()
     assert difference <= 1e-4, f"generate()'s logits differ from the reference by {difference:.3g}"
     assert torch.equal(generated, tokens), f"generate() {generated.tolist()} != reference {tokens.tolist()}"
     # After generate(), stats still describe its prefill: decode steps neither replace nor clear them.
-    expected = EXAMPLES[name].plan(N_IMAGE, 4).live_counts()
+    expected = config.plan(N_IMAGE, 4).live_counts()
+    assert after.renumbered == (config.name == "pdrop" and config.positions == "renumber")
     assert after.live_tokens.tolist() == [[c] * batch for c in expected]
     for layer, indices in enumerate(after.kept_indices):
         assert torch.equal(indices, kept[layer])

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -86,6 +88,35 @@ class GCGSample:
         return tag_caption(self.caption, self.spans)
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """Return the JSON of `path`, or raise one `ValueError` saying which file is missing or broken."""
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:  # some of the original ReasonSeg files are not UTF-8; LISA falls back likewise
+        text = data.decode("cp1252", errors="replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not JSON ({err})") from None
+
+
+@contextmanager
+def _layout(path: Path, layout: str) -> Iterator[None]:
+    """Turn a missing key or a wrong type while reading `path` into one error naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        what = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        raise ValueError(f"{path} is not in the {layout} layout: {what}") from None
+
+
+def _names_in(folder: Path, pattern: str = "*") -> list[str]:
+    return sorted(p.name for p in folder.glob(pattern)) if folder.is_dir() else []
+
+
 def _save_jpeg(image: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Full-resolution chroma keeps colour edges where the masks have them; most of the remaining
@@ -135,41 +166,56 @@ def load_refcoco(
     """
     root = Path(root)
     data_dir = root / dataset
-    with open(data_dir / f"refs({split_by}).p", "rb") as f:
-        refs = pickle.load(f, encoding="latin1")  # latin1: the original files are Python 2 pickles
-    instances = json.loads((data_dir / "instances.json").read_text())
-    images = {im["id"]: im for im in instances["images"]}
-    anns = {ann["id"]: ann for ann in instances["annotations"]}
-    categories = {c["id"]: c["name"] for c in instances.get("categories", [])}
+    if not data_dir.is_dir():
+        found = [name for name in _names_in(root) if (root / name).is_dir() and name != "images"]
+        raise ValueError(f"RefCOCO root {root} has no data set {dataset!r}; data sets there: {found}")
+    refs_path = data_dir / f"refs({split_by}).p"
+    if not refs_path.is_file():
+        raise ValueError(
+            f"{data_dir} has no refs({split_by}).p (split_by {split_by!r}); refs files there: "
+            f"{_names_in(data_dir, 'refs(*).p')}"
+        )
+    try:
+        with open(refs_path, "rb") as f:
+            refs = pickle.load(f, encoding="latin1")  # latin1: the original files are Python 2 pickles
+    except Exception as err:  # a cut-off or foreign file raises any of a dozen types
+        raise ValueError(f"{refs_path} is not a readable refs pickle ({type(err).__name__}: {err})") from None
+    instances_path = data_dir / "instances.json"
+    instances = _read_json(instances_path, "RefCOCO instances file")
+    with _layout(instances_path, "RefCOCO instances"):
+        images = {im["id"]: im for im in instances["images"]}
+        anns = {ann["id"]: ann for ann in instances["annotations"]}
+        categories = {c["id"]: c["name"] for c in instances.get("categories", [])}
     image_dir = Path(image_dir) if image_dir is not None else root / REFCOCO_IMAGE_DIR
     samples = []
-    for ref in refs:
-        if not _in_split(ref["split"], split):
-            continue
-        ann, image = anns[ref["ann_id"]], images[ref["image_id"]]
-        load = partial(decode_segmentation, ann["segmentation"], image["height"], image["width"])
-        for sent in ref["sentences"]:
-            tags = {
-                "dataset": dataset,
-                "split": ref["split"],
-                "ref_id": ref["ref_id"],
-                "ann_id": ref["ann_id"],
-                "image_id": ref["image_id"],
-                "sent_id": sent["sent_id"],
-                "category": categories.get(ref["category_id"]),
-                "area_fraction": ann.get("area", float("nan")) / (image["height"] * image["width"]),
-            }
-            if "type" in sent:
-                tags["type"] = sent["type"]
-            samples.append(
-                ReferringSample(
-                    image_path=image_dir / image["file_name"],
-                    query=sent["sent"].strip(),
-                    sample_id=f"{dataset}({split_by})/{sent['sent_id']}",
-                    load_mask=load,
-                    tags=tags,
+    with _layout(refs_path, "RefCOCO refs"):
+        for ref in refs:
+            if not _in_split(ref["split"], split):
+                continue
+            ann, image = anns[ref["ann_id"]], images[ref["image_id"]]
+            load = partial(decode_segmentation, ann["segmentation"], image["height"], image["width"])
+            for sent in ref["sentences"]:
+                tags = {
+                    "dataset": dataset,
+                    "split": ref["split"],
+                    "ref_id": ref["ref_id"],
+                    "ann_id": ref["ann_id"],
+                    "image_id": ref["image_id"],
+                    "sent_id": sent["sent_id"],
+                    "category": categories.get(ref["category_id"]),
+                    "area_fraction": ann.get("area", float("nan")) / (image["height"] * image["width"]),
+                }
+                if "type" in sent:
+                    tags["type"] = sent["type"]
+                samples.append(
+                    ReferringSample(
+                        image_path=image_dir / image["file_name"],
+                        query=sent["sent"].strip(),
+                        sample_id=f"{dataset}({split_by})/{sent['sent_id']}",
+                        load_mask=load,
+                        tags=tags,
+                    )
                 )
-            )
     return samples
 
 
@@ -245,10 +291,7 @@ def write_refcoco(
 
 
 def _read_reasonseg_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:  # some of the original files are not UTF-8; LISA falls back likewise
-        return json.loads(path.read_text(encoding="cp1252"))
+    return _read_json(path, "ReasonSeg annotation")
 
 
 def _reasonseg_mask(json_path: Path, image_path: Path, which: int) -> np.ndarray:
@@ -265,11 +308,16 @@ def load_reasonseg(root: str | Path, split: str = "val", all_texts: bool = False
     "ignore" regions come back as the sample's `ignore` mask.
     """
     folder = Path(root) / split
+    if not folder.is_dir():
+        found = [name for name in _names_in(Path(root)) if (Path(root) / name).is_dir()]
+        raise ValueError(f"ReasonSeg root {root} has no split {split!r}; splits there: {found}")
     samples = []
     for image_path in sorted(folder.glob("*.jpg")):
         json_path = image_path.with_suffix(".json")
         anno = _read_reasonseg_json(json_path)
-        texts = [anno["text"]] if isinstance(anno["text"], str) else anno["text"]
+        with _layout(json_path, "ReasonSeg"):
+            texts = [anno["text"]] if isinstance(anno["text"], str) else list(anno["text"])
+            is_sentence = bool(anno.get("is_sentence", False))
         for k, text in enumerate(texts if all_texts else texts[:1]):
             samples.append(
                 ReferringSample(
@@ -277,7 +325,7 @@ def load_reasonseg(root: str | Path, split: str = "val", all_texts: bool = False
                     query=text.strip(),
                     sample_id=f"reasonseg/{split}/{image_path.stem}/{k}",
                     load_mask=partial(_reasonseg_mask, json_path, image_path, 0),
-                    tags={"split": split, "is_sentence": bool(anno.get("is_sentence", False))},
+                    tags={"split": split, "is_sentence": is_sentence},
                     load_ignore=partial(_reasonseg_mask, json_path, image_path, 1),
                 )
             )
@@ -345,38 +393,44 @@ def load_grandf(
       end], "rle_masks": [...]}}}`; a phrase's mask is the union of its RLEs, phrases in caption order.
     """
     annotation_json, image_root = Path(annotation_json), Path(image_root)
-    data = json.loads(annotation_json.read_text())
+    data = _read_json(annotation_json, "GranDf caption file")
     if isinstance(data, list):
-        return [_grandf_train_sample(entry, image_root) for entry in data]
-    if mask_json is None:
-        mask_json = annotation_json.with_name(annotation_json.name.replace("caption", "mask"))
-    mask_data = json.loads(Path(mask_json).read_text())
-    captions: dict = {}
-    for ann in data["annotations"]:
-        captions.setdefault(ann["image_id"], ann)  # GLaMM's evaluation takes the first caption
-    masks: dict = {}
-    for ann in mask_data["annotations"]:  # file order is label order
-        masks.setdefault(ann["image_id"], []).append(ann["segmentation"])
-    samples = []
-    for image in data["images"]:
-        image_id = image["id"]
-        cap, segs = captions[image_id], masks.get(image_id, [])
-        caption = cap["caption"]
-        if "height" in image:
-            size = (image["height"], image["width"])
-        else:
-            size = _rle_size(segs[0]) if segs else (0, 0)
-        samples.append(
-            GCGSample(
-                image_path=image_root / image.get("file_name", f"{image_id}.jpg"),
-                caption=caption,
-                phrases=list(cap["labels"]),
-                sample_id=str(image_id),
-                load_masks=partial(_decode_all, segs, *size),
-                spans=_find_spans(caption, cap["labels"]),
-            )
-        )
+        with _layout(annotation_json, "GranDf train"):
+            samples = [_grandf_train_sample(entry, image_root) for entry in data]
+    else:
+        if mask_json is None:
+            mask_json = annotation_json.with_name(annotation_json.name.replace("caption", "mask"))
+        mask_json = Path(mask_json)
+        mask_data = _read_json(mask_json, "GranDf mask file")
+        with _layout(annotation_json, "GranDf caption"):
+            captions: dict = {}
+            for ann in data["annotations"]:
+                captions.setdefault(ann["image_id"], ann)  # GLaMM's evaluation takes the first caption
+            images = list(data["images"])
+        with _layout(mask_json, "GranDf mask (COCO)"):
+            masks: dict = {}
+            for ann in mask_data["annotations"]:  # file order is label order
+                masks.setdefault(ann["image_id"], []).append(ann["segmentation"])
+        with _layout(annotation_json, "GranDf caption"):
+            samples = [_grandf_sample(image, captions, masks, image_root) for image in images]
     return samples
+
+
+def _grandf_sample(image: dict, captions: dict, masks: dict, image_root: Path) -> GCGSample:
+    image_id = image["id"]
+    if image_id not in captions:
+        raise ValueError(f"image {image_id!r} has no caption in its GranDf caption file")
+    cap, segs = captions[image_id], masks.get(image_id, [])
+    caption = cap["caption"]
+    size = (image["height"], image["width"]) if "height" in image else _rle_size(segs[0]) if segs else (0, 0)
+    return GCGSample(
+        image_path=image_root / image.get("file_name", f"{image_id}.jpg"),
+        caption=caption,
+        phrases=list(cap["labels"]),
+        sample_id=str(image_id),
+        load_masks=partial(_decode_all, segs, *size),
+        spans=_find_spans(caption, cap["labels"]),
+    )
 
 
 def _unions(rle_lists: list[list], height: int, width: int) -> list[np.ndarray]:

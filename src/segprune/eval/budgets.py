@@ -20,6 +20,7 @@ target no schedule of the method's form can reach in the given decoder raises `V
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,7 @@ from segprune.methods.csp import TABLE6
 from segprune.methods.fastv import keep_count, round_half_up
 from segprune.methods.scale import scale_layers
 
+FLOPS_TOLERANCE = 0.01  # pdrop's paper rule: accepted |FLOPs fraction - FastV's|
 TOLERANCE = 0.025  # accepted |achieved - target| reduction, or half a token step if that is larger
 EXACT = 0.005  # CSP: any split this close counts as a hit, and the paper-like shape decides
 CSP_REFERENCE = "llava-1.5-7b-336"
@@ -56,6 +58,8 @@ def config_for(
     `tolerance` of the target (default: 0.025, or half a token step, 0.5 / N, if larger), naming
     the closest it found.
     """
+    if "pdrop_rule" in overrides:
+        raise ValueError("pdrop_rule sets PyramidDrop on the paper axis; the N_avg axis solves for N_avg")
     if tolerance is None:
         tolerance = max(TOLERANCE, 0.5 / n_image) + 1e-9
     if not 0 < reduction < 1:
@@ -78,13 +82,21 @@ def config_for(
 PAPER_LAYERS = 32  # LLaVA-1.5-7B's decoder, on which the papers set their budgets
 
 
-def paper_config(method: str, reduction: float, n_image: int, **overrides: Any) -> MethodConfig:
+PDROP_RULES = ("flops", "last_stage")
+
+
+def paper_config(
+    method: str, reduction: float, n_image: int, *, pdrop_rule: str = "flops", **overrides: Any
+) -> MethodConfig:
     """Return `method`'s config at `reduction` as the papers set it, for a 32-layer LLaVA-1.5-7B decoder.
 
     ALTP Table 1's convention ("retaining 57, 144, 288 tokens, corresponding to a 90%, 75%, and 50%
     reduction"): floor((1 - r) * N) image tokens remain after the method's (last) pruning step —
-    FastV and ALTP dropping at K = 2, PyramidDrop's stages at layers 8/16/24 keeping the same fraction
-    each (the last stage holds the budget), VisionZip split 54 : 10 dominant : contextual, PruMerge+.
+    FastV and ALTP dropping at K = 2, VisionZip split 54 : 10 dominant : contextual, PruMerge+.
+    PyramidDrop keeps its stages at layers 8/16/24 with one ratio: `pdrop_rule="flops"` (default)
+    solves the ratio for FastV's FLOPs at r, as ALTP Table 1 compares them (ALTP Eq. 5 on
+    LLaVA-1.5-7B-336, 32 text tokens), and raises `ValueError` where those stages cannot get that low
+    (r = 0.9: FastV's 20% against at least 29%); `"last_stage"` lets the last stage hold the budget.
     CSP keeps its Table 6 setting for r on 7B-336 (an N_avg reduction), or where Table 6 has no row
     for r (or N is not 576), the `config_for` rule at 32 layers. `overrides` as in `config_for`.
     Map the result to a shallower decoder with `scale_layers(config, PAPER_LAYERS, n_layers)`.
@@ -98,15 +110,7 @@ def paper_config(method: str, reduction: float, n_image: int, **overrides: Any) 
     if method in ("fastv", "altp"):
         fields: dict[str, Any] = {"layer": 2, "keep_ratio": ratio}
     elif method == "pdrop":
-        layers = (8, 16, 24)
-
-        def last_stage(r: float) -> int:
-            return METHODS["pdrop"](layers=layers, ratio=r).plan(n_image, PAPER_LAYERS).live_counts()[-1]
-
-        fields = {
-            "layers": layers,
-            "ratio": _shortest((count / n_image) ** (1 / 3), lambda r: last_stage(r) == count),
-        }
+        fields = _paper_pdrop(pdrop_rule, count, n_image)
     elif method == "csp":
         table = TABLE6[CSP_REFERENCE]
         preset = next((row for r, row in table.items() if abs(r - reduction) < 1e-9), None)
@@ -119,6 +123,42 @@ def paper_config(method: str, reduction: float, n_image: int, **overrides: Any) 
     else:
         fields = {"plus": True, "keep_ratio": ratio}
     return METHODS[method](**{**fields, **overrides})
+
+
+PDROP_PAPER_LAYERS = (8, 16, 24)  # PyramidDrop's stages on LLaVA-1.5-7B
+
+
+def _paper_pdrop(rule: str, count: int, n_image: int) -> dict[str, Any]:
+    """PyramidDrop's paper-axis fields: FastV's FLOPs (`flops`) or `count` tokens at its last stage."""
+    if rule not in PDROP_RULES:
+        raise ValueError(f"pdrop_rule={rule!r}; valid: {list(PDROP_RULES)}")
+    layers = PDROP_PAPER_LAYERS
+
+    def live(ratio: float) -> list[int]:
+        return METHODS["pdrop"](layers=layers, ratio=ratio).plan(n_image, PAPER_LAYERS).live_counts()
+
+    if rule == "last_stage":
+        ratio = _shortest((count / n_image) ** (1 / 3), lambda r: live(r)[-1] == count)
+        return {"layers": layers, "ratio": ratio}
+    dims = dataclasses.replace(flops.preset(CSP_REFERENCE), image_tokens=n_image)
+    target = flops.altp_fraction([n_image] * 2 + [count] * (PAPER_LAYERS - 2), dims)  # FastV, K = 2
+
+    def cost(ratio: float) -> float:
+        return flops.altp_fraction(live(ratio), dims)
+
+    lowest = cost(1e-9)
+    if target < lowest - FLOPS_TOLERANCE:
+        raise ValueError(
+            f"pdrop with stages {list(layers)} cannot reach FastV's {target:.1%} of dense FLOPs "
+            f"(its lowest is {lowest:.1%}); pdrop_rule='last_stage' keeps {count} tokens at its last stage"
+        )
+    lo, hi = 1e-9, 1.0  # the cost grows with the ratio: bisect, then take the closer side
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(mid) < target else (lo, mid)
+    ratio = min((lo, hi), key=lambda r: abs(cost(r) - target))
+    counts = live(ratio)
+    return {"layers": layers, "ratio": _shortest(ratio, lambda r: r <= 1 and live(r) == counts)}
 
 
 def _fields(config: MethodConfig, names: dict[str, Any]) -> str:
@@ -249,6 +289,9 @@ def variants() -> dict[str, tuple[str, dict[str, Any]]]:
             rows.update({f"altp-{a}": ("altp", {"allocation": a}) for a in ("ddc", "ddf")})
         elif name == "csp":
             rows.update({f"csp-{m}": ("csp", {"cluster": m}) for m in CLUSTER_MODES})
+        elif name == "pdrop":
+            rows["pdrop"] = ("pdrop", {})
+            rows["pdrop-last_stage"] = ("pdrop", {"pdrop_rule": "last_stage"})
         else:
             rows[name] = (name, {})
     return rows
@@ -256,8 +299,9 @@ def variants() -> dict[str, tuple[str, dict[str, Any]]]:
 
 AXES = {
     "paper": "each method as the papers set it on LLaVA-1.5-7B for that reduction — (1 - r) * 576 image "
-    "tokens left after the last pruning step (FastV, ALTP, PDrop, VisionZip, PruMerge+), CSP's Table 6 "
-    "setting (N_avg) — with its layers mapped to this model's depth; N_avg shows what each really keeps.",
+    "tokens left after the last pruning step (FastV, ALTP, VisionZip, PruMerge+; PDrop's last stage in "
+    "pdrop-last_stage), PDrop at FastV's FLOPs (ALTP Table 1), CSP's Table 6 setting (N_avg) — with its "
+    "layers mapped to this model's depth; N_avg shows what each really keeps.",
     "navg": "target image-token reduction, 1 - N_avg / N, in this model's decoder.",
 }
 BUDGETS = tuple(AXES)
@@ -273,7 +317,9 @@ def check_budget(budget: str) -> None:
 def budget_config(
     budget: str, method: str, reduction: float, n_layers: int, n_image: int, **overrides: Any
 ) -> MethodConfig:
-    """Return `method`'s config at `reduction` for an `n_layers` decoder on the `budget` axis."""
+    """Return `method`'s config at `reduction` for an `n_layers` decoder on the `budget` axis.
+
+    `overrides` may hold `pdrop_rule` (see `paper_config`), which only the paper axis knows."""
     check_budget(budget)
     if budget == "paper":
         return scale_layers(paper_config(method, reduction, n_image, **overrides), PAPER_LAYERS, n_layers)

@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from segprune.cli import add_config_flags, config_from_args
+from segprune.cli import add_config_flags, comma_separated, config_from_args
 from segprune.methods import METHODS, MethodConfig
 
 TASK_CHOICES = ("refseg", "gcg")
@@ -42,15 +42,17 @@ def add_parsers(sub: Any, method: type[MethodConfig] | None) -> None:
         "(resumable), then write OUT/table.md and OUT/plot.png. See docs/evaluation.md.",
     )
     _add_common(p)
-    p.add_argument("--tasks", type=_names, help="comma-separated tasks (default: all the data supports)")
+    p.add_argument(
+        "--tasks", type=comma_separated(), help="comma-separated tasks (default: all the data supports)"
+    )
     p.add_argument(
         "--methods",
-        type=_names,
+        type=comma_separated(),
         help="comma-separated methods or variants, e.g. fastv,altp,csp-uniform (default: all)",
     )
     p.add_argument(
         "--reductions",
-        type=_reductions,
+        type=comma_separated(float),
         default=(0.5, 0.75, 0.9),
         help="comma-separated image-token reductions (default: 0.5,0.75,0.9)",
     )
@@ -65,17 +67,6 @@ def add_parsers(sub: Any, method: type[MethodConfig] | None) -> None:
         "(default: paper)",
     )
     p.set_defaults(run=cmd_sweep)
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _reductions(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in _names(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -93,7 +84,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the model")
     p.add_argument("--max-new-tokens", type=int, default=128, help="gcg generation limit")
     p.add_argument("--captions", action="store_true", help="gcg: also METEOR and CIDEr (needs Java)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)"
+    )
     g = p.add_argument_group("data options")
     g.add_argument("--format", choices=["refcoco", "reasonseg", "grandf"], help="layout of a --data path")
     g.add_argument("--queries-per-scene", type=int, help="shapes refseg: queries per scene (default 4)")
@@ -123,17 +116,22 @@ def _data(args: argparse.Namespace) -> Any:
 
 
 def _load(args: argparse.Namespace) -> Any:
+    from segprune.checks import check_device
     from segprune.eval.runner import distributed, load_model, rank_device
 
     distributed()  # join the process group before touching a GPU, so each rank takes its own
-    return load_model(args.model, rank_device(args.device), args.dtype)
+    return load_model(args.model, check_device(rank_device(args.device)), args.dtype)
 
 
 def cmd_eval(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
+    from segprune.eval.datasets import load_items
     from segprune.eval.runner import EvalSpec, evaluate
+    from segprune.outdir import check_out_dir
 
+    check_out_dir(args.out)
     config = config_from_args(cls, args) if cls is not None else None
     spec = EvalSpec(args.task, _data(args), args.model, config, args.batch_size, args.max_new_tokens)
+    load_items(spec.data, spec.task)  # bad data is refused before a model of minutes loads
     model = _load(args)
     summary = evaluate(model, spec, args.out, captions=args.captions, progress=not args.quiet)
     if summary is not None:
@@ -143,10 +141,17 @@ def cmd_eval(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
+    from segprune.checks import check_reductions
     from segprune.eval.runner import distributed
-    from segprune.eval.sweep import run_sweep
+    from segprune.eval.sweep import run_sweep, select_labels, sweep_tasks
+    from segprune.outdir import check_out_dir
 
+    check_out_dir(args.out)
     data = _data(args)
+    # What run_sweep checks too, here before a model of minutes loads.
+    sweep_tasks(args.tasks, data)
+    select_labels(args.methods)
+    check_reductions(args.reductions)
     model = _load(args)
     run_sweep(
         model,
@@ -188,6 +193,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if latency:
         ms = {k: 1000 * v for k, v in latency["per_batch_s"].items()}
         where = f"{latency['batches_timed']} batches on {', '.join(latency['devices'])}"
+        if latency.get("includes_warmup"):
+            where += "; warm-up batches only, start-up costs included"
         rows.append(
             (
                 "latency",

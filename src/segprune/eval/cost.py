@@ -75,13 +75,15 @@ def latency_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Return the median and spread of the measured seconds per batch and per sample.
 
     The first batch of each process (a warm-up: lazy initialisation, allocator, kernels chosen) is
-    left out unless nothing else was timed. A batch recomputed after an interruption counts once,
-    with its latest timing.
+    left out unless nothing else was timed; then `includes_warmup` says so. A batch recomputed after
+    an interruption counts once, with its latest timing.
     """
     batches: dict[int, dict[str, Any]] = {}
     for record in records:
         batches[record["batch"]["index"]] = record["batch"]
-    timed = [b for b in batches.values() if not b["warmup"]] or list(batches.values())
+    timed = [b for b in batches.values() if not b["warmup"]]
+    includes_warmup = not timed
+    timed = timed or list(batches.values())
     if not timed:
         return {}
     seconds = np.array([b["seconds"] for b in timed])
@@ -89,6 +91,7 @@ def latency_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "batches_timed": len(timed),
         "warmup_batches_left_out": len(batches) - len(timed),
+        "includes_warmup": includes_warmup,  # only warm-up batches ran: their times are all there is
         "batch_sizes": sorted({b["size"] for b in timed}),
         "per_batch_s": _spread(seconds),
         "per_sample_s": _spread(per_sample),

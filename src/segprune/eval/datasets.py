@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from segprune.checks import check_choice, check_int
 from segprune.data.scene import QUERY_TYPES, Scene
 from segprune.eval.metrics.masks import SMALL_FRACTION
 
@@ -54,6 +55,17 @@ class DataSpec:
     mask_json: str | None = None
     all_texts: bool = False
     limit: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("DataSpec.source", self.source, ("shapes", *FORMATS))
+        check_int("DataSpec.queries_per_scene", self.queries_per_scene, 1)
+        if self.limit is not None:
+            check_int("DataSpec.limit", self.limit, 1)
+        if self.source == "shapes":
+            check_int("DataSpec.seed", self.seed, 0)
+            check_int("DataSpec.scenes", self.scenes, 1)
+        elif self.path is None:
+            raise ValueError(f"{self.source} data needs a path")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields that matter for this source, JSON-ready."""
@@ -132,15 +144,32 @@ def load_items(spec: DataSpec, task: str) -> Sequence[RefItem] | Sequence[GCGIte
         elif spec.source == "reasonseg":
             samples = formats.load_reasonseg(spec.path, spec.split, spec.all_texts)
         else:
-            image_root = spec.image_dir or Path(spec.path).parents[2] / formats.GRANDF_IMAGE_DIR
+            parents = Path(spec.path).parents
+            if spec.image_dir is None and len(parents) < 3:
+                raise ValueError(f"grandf data {spec.path} is outside GLaMM's layout; give --image-dir")
+            image_root = spec.image_dir or parents[2] / formats.GRANDF_IMAGE_DIR
             samples = formats.load_grandf(spec.path, image_root, spec.mask_json)
         make = _file_query if task == "refseg" else _file_caption
         item = RefItem if task == "refseg" else GCGItem
         items = [item(s.sample_id, functools.partial(make, s)) for s in samples]
+        _check_images(spec, [s.image_path for s in samples[: spec.limit]])
+    if not items:
+        options = {k: v for k, v in spec.to_dict().items() if k not in ("source", "path", "limit")}
+        raise ValueError(f"{spec.source} data {spec.path} holds no sample for {options}; nothing to evaluate")
     ids = [item.sample_id for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{spec.source} data repeats a sample id; results could not be resumed by id")
     return items if spec.limit is None else items[: spec.limit]
+
+
+def _check_images(spec: DataSpec, paths: Sequence[Path]) -> None:
+    """Refuse data whose image files are missing before the run starts, not hours into it."""
+    missing = [p for p in dict.fromkeys(paths) if not p.is_file()]
+    if missing:
+        hint = "; check --image-dir" if spec.source in ("refcoco", "grandf") else ""
+        raise ValueError(
+            f"{len(missing)} image file(s) of the {spec.source} data are missing, e.g. {missing[0]}{hint}"
+        )
 
 
 # -- shapes ----------------------------------------------------------------------------------------
@@ -193,25 +222,30 @@ def _shapes_caption(spec: DataSpec, index: int):
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # missing, not an image, cut off
+        raise ValueError(f"image {path} cannot be read: {err}") from None
 
 
 def _file_query(sample):
+    image = _read_image(sample.image_path)  # first: a broken image is named as such, not as a mask error
     target = sample.mask
     tags = ["small"] if _is_small(target) else []
     if "type" in sample.tags:  # RefCOCO files written from shapes data
         tags.insert(0, f"type:{sample.tags['type']}")
     elif "is_sentence" in sample.tags:  # ReasonSeg: LISA reports short and long queries apart
         tags.insert(0, "type:sentence" if sample.tags["is_sentence"] else "type:phrase")
-    return _read_image(sample.image_path), sample.query, target, sample.ignore, tags
+    return image, sample.query, target, sample.ignore, tags
 
 
 def _file_caption(sample):
     from segprune.eval.metrics import GCGAnnotation
 
+    image = _read_image(sample.image_path)
     reference = GCGAnnotation(sample.sample_id, sample.caption, sample.phrases, sample.masks)
-    return _read_image(sample.image_path), reference
+    return image, reference
 
 
 def _is_small(mask: np.ndarray) -> bool:

@@ -8,6 +8,9 @@ A run directory holds `config.json` (what is evaluated, written first), one JSON
 per process (`samples.jsonl`, or `samples.rank{r}.jsonl` under torchrun) and `summary.json`.
 Records are appended and fsynced batch by batch, so a run stopped at any point resumes where it
 stopped: samples already recorded are skipped, a cut-off last line is dropped and recomputed.
+The data, the method (against this model) and the directory are checked before anything is
+written, and the run holds the directory's lock (`segprune.outdir.locked`): a second writer is
+refused instead of appending a second copy of every record.
 
 Batches are fixed by position in the data (batch k holds samples k*B .. k*B+B-1) and a rank takes
 the batches k with k % world_size == rank. A sample's result therefore never depends on how many
@@ -16,23 +19,27 @@ processes ran, or on whether the run was interrupted: its batch always holds the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from segprune import flops
+from segprune.checks import check_int, one_line
 from segprune.eval import cost, tasks
 from segprune.eval.datasets import TASK_SOURCES, DataSpec, load_items
 from segprune.methods import MethodConfig
+from segprune.outdir import check_out_dir, locked, read_records
 
 CONFIG = "config.json"
 SUMMARY = "summary.json"
 MODELS = ("tiny", "tiny-random")
+SHOW_BARS_FROM = 2**30  # bytes of weights from which loading shows transformers' progress bars
 
 
 class ConfigMismatchError(ValueError):
@@ -68,10 +75,8 @@ class EvalSpec:
             raise ValueError(
                 f"task {self.task!r} cannot read {self.data.source!r} data; valid sources: {valid}"
             )
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError(
-                f"batch_size={self.batch_size} and max_new_tokens={self.max_new_tokens} must be >= 1"
-            )
+        check_int("EvalSpec.batch_size", self.batch_size, 1)
+        check_int("EvalSpec.max_new_tokens", self.max_new_tokens, 1)
         if self.task == "gcg" and getattr(self.method, "score_token", None) == "seg":
             # GCG's prompt holds no [SEG]: CSP would have no scoring token to rank by.
             raise ValueError(f"{type(self.method).__name__}.score_token='seg' cannot run gcg; use 'last'")
@@ -118,12 +123,42 @@ def load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Any:
         except FileNotFoundError as err:  # the module is there, its weights are not (yet)
             raise ValueError(str(err)) from None
     else:
-        if not Path(name).is_dir():
+        path = Path(name)
+        if not path.is_dir():
             raise ValueError(f"model {name!r} is neither {' nor '.join(MODELS)} nor a SegModel directory")
-        model = models.SegModel.from_pretrained(name)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model directory {name!r} has no config.json; it is not a saved SegModel")
+        weights = sum(p.stat().st_size for p in path.glob("*") if p.suffix in (".safetensors", ".bin"))
+        # A bar for loading a few megabytes only clutters the output; a 7B checkpoint keeps its bar.
+        with loading(name), quiet_transformers(weights < SHOW_BARS_FROM):
+            model = models.SegModel.from_pretrained(name)
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
     return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def loading(name: str | Path) -> Iterator[None]:
+    """Report any failure to load the model `name` in the block as one `ValueError` naming it."""
+    try:
+        yield
+    except Exception as err:  # cut-off, foreign or missing weight files raise a dozen types
+        raise ValueError(f"model {str(name)!r} cannot be loaded: {one_line(err)}") from err
+
+
+@contextlib.contextmanager
+def quiet_transformers(quiet: bool = True) -> Iterator[None]:
+    """Hide transformers' progress bars ("Loading weights", "Writing model shards") for the block."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    if quiet:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and shown:
+            logging.enable_progress_bar()
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -162,33 +197,6 @@ def _barrier(world: int) -> None:
 # -- records ---------------------------------------------------------------------------------------
 
 
-def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Return the records of a JSONL file and the byte length of its intact part.
-
-    A last line without its newline, or one that does not parse, is the one a killed run was
-    writing: it is left out. Any other line that does not parse is an error.
-    """
-    if not path.exists():
-        return [], 0
-    data = path.read_bytes()
-    records, good, start = [], 0, 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        if end < 0:
-            break  # cut off before its newline
-        line = data[start:end]
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if data[end + 1 :].strip():
-                    number = data.count(b"\n", 0, start) + 1
-                    raise ValueError(f"{path}: line {number} is not JSON") from None
-                break
-        start = good = end + 1
-    return records, good
-
-
 def record_files(out: Path) -> list[Path]:
     """Return the JSONL files of a run directory, one per process that wrote records."""
     return sorted(out.glob("samples*.jsonl"))
@@ -202,7 +210,10 @@ def _claim(out: Path, config: dict[str, Any]) -> None:
     """Record `config` in a new run directory, or check it against the directory's own."""
     path = out / CONFIG
     if path.exists():
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not JSON ({err}); use another --out directory") from None
         differences = _differences(stored, config)
         if differences:
             raise ConfigMismatchError(
@@ -304,20 +315,54 @@ def evaluate(
     batch of this call is on disk (tests stop runs with it). Under torchrun every rank calls this
     with the same arguments; rank 0 merges the records and returns the summary, the others None.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     from segprune import prune_, unprune
 
     rank, world = distributed()
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     items = load_items(spec.data, spec.task)  # before anything is written: bad data leaves no directory
     config = {**spec.to_dict(), "dtype": str(model.dtype).removeprefix("torch.")}
-    if rank == 0:
-        _claim(out, config)
-    _barrier(world)
-    if rank != 0:
-        _claim(out, config)
+    # Pruning first: a method this model cannot run is refused before the directory is touched.
+    if spec.method is not None:
+        prune_(model, spec.method)
+    else:
+        unprune(model)
+    try:
+        # Rank 0 holds the lock for the whole run; the other ranks are part of the same run.
+        with locked(out) if rank == 0 else contextlib.nullcontext():
+            if rank == 0:
+                _claim(out, config)
+            _barrier(world)
+            if rank != 0:
+                _claim(out, config)
+            _run(model, spec, out, items, rank, world, progress=progress, on_batch=on_batch)
+            _barrier(world)
+            if rank != 0:
+                return None
+            summary = summarize(out, spec.task, model, n_items=len(items), captions=captions)
+            summary["environment"]["world_size"] = world
+            tmp = out / (SUMMARY + ".tmp")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp.replace(out / SUMMARY)
+            return summary
+    finally:
+        unprune(model)
+
+
+def _run(
+    model: Any,
+    spec: EvalSpec,
+    out: Path,
+    items: Sequence[Any],
+    rank: int,
+    world: int,
+    *,
+    progress: bool,
+    on_batch: Callable[[int], None] | None,
+) -> None:
+    """Append this rank's records of the samples not yet recorded, batch by batch."""
+    import torch
+    from tqdm.auto import tqdm
+
     done = {r["id"] for path in record_files(out) for r in read_records(path)[0]}
     own = _own_file(out, rank, world)
     _, intact = read_records(own)
@@ -326,65 +371,51 @@ def evaluate(
     todo = _batches_to_run(items, spec.batch_size, rank, world, done)
     device = next(model.parameters()).device
     n_layers = llava_config(model).text_config.num_hidden_layers
-    if spec.method is not None:
-        prune_(model, spec.method)
-    else:
-        unprune(model)
+    remaining = sum(items[i].sample_id not in done for _, b in todo for i in b)
     bar = tqdm(
-        total=sum(items[i].sample_id not in done for _, b in todo for i in b),
-        disable=not progress or rank != 0,
+        total=remaining,
+        # No bar on a finished run, and none where stderr is not a terminal (None): a log file would
+        # keep every redraw, the last one twice.
+        disable=True if not progress or rank != 0 or remaining == 0 else None,
         unit="sample",
         desc=f"{spec.task} {spec.method.name if spec.method else 'unpruned'}",
     )
-    try:
-        with open(own, "a") as f, PrefillProbe(model) as probe:
-            for n, (k, indices) in enumerate(todo):
-                loaded = [items[i].load() for i in indices]
-                ids = [items[i].sample_id for i in indices]
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                outputs = tasks.predict(model, spec.task, loaded, max_new_tokens=spec.max_new_tokens)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                seconds = time.perf_counter() - start
-                live = _live(model, spec.method is not None, probe, n_layers)
-                batch = {
-                    "index": k,
-                    "size": len(indices),
-                    "seconds": seconds,
-                    "warmup": n == 0,
-                    "device": str(device),
+    with bar, open(own, "a") as f, PrefillProbe(model) as probe:
+        for n, (k, indices) in enumerate(todo):
+            loaded = [items[i].load() for i in indices]
+            ids = [items[i].sample_id for i in indices]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            outputs = tasks.predict(model, spec.task, loaded, max_new_tokens=spec.max_new_tokens)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+            live = _live(model, spec.method is not None, probe, n_layers)
+            batch = {
+                "index": k,
+                "size": len(indices),
+                "seconds": seconds,
+                "warmup": n == 0,
+                "device": str(device),
+            }
+            lines = []
+            for j, record in enumerate(tasks.score(spec.task, ids, loaded, outputs)):
+                if record["id"] in done:
+                    continue  # recorded before an interruption cut this batch short
+                extra = {
+                    "image_tokens": probe.image_tokens[j],
+                    "live": live[j],
+                    "text_tokens": probe.text_tokens[j],
+                    "batch": batch,
                 }
-                lines = []
-                for j, record in enumerate(tasks.score(spec.task, ids, loaded, outputs)):
-                    if record["id"] in done:
-                        continue  # recorded before an interruption cut this batch short
-                    extra = {
-                        "image_tokens": probe.image_tokens[j],
-                        "live": live[j],
-                        "text_tokens": probe.text_tokens[j],
-                        "batch": batch,
-                    }
-                    lines.append(json.dumps({"index": indices[j], **record, **extra}) + "\n")
-                f.write("".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
-                bar.update(len(lines))
-                if on_batch is not None:
-                    on_batch(n + 1)
-    finally:
-        bar.close()
-        unprune(model)
-    _barrier(world)
-    if rank != 0:
-        return None
-    summary = summarize(out, spec.task, model, n_items=len(items), captions=captions)
-    summary["environment"]["world_size"] = world
-    tmp = out / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / SUMMARY)
-    return summary
+                lines.append(json.dumps({"index": indices[j], **record, **extra}) + "\n")
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(lines))
+            if on_batch is not None:
+                on_batch(n + 1)
 
 
 def merged_records(out: Path) -> list[dict[str, Any]]:

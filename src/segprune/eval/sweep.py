@@ -15,19 +15,22 @@ not fit) is skipped and listed under the table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segprune.checks import check_choice, check_reductions
 from segprune.eval.budgets import AXES, budget_config, check_budget, config_for, variants
 from segprune.eval.cost import SCALED_PRESET
 from segprune.eval.datasets import TASK_SOURCES, DataSpec
 from segprune.eval.runner import EvalSpec, distributed, evaluate, llava_config
 from segprune.methods import MethodConfig
+from segprune.outdir import check_out_dir, locked
 
-__all__ = ["Cell", "config_for", "plan_sweep", "run_sweep", "write_plot", "write_table"]
+__all__ = ["Cell", "config_for", "plan_sweep", "run_sweep", "sweep_tasks", "write_plot", "write_table"]
 
 REDUCTIONS = (0.5, 0.75, 0.9)
 UNPRUNED = "unpruned"
@@ -57,8 +60,10 @@ class Cell:
 def select_labels(names: Sequence[str] | None) -> list[str]:
     """Return sweep rows for names that are row labels ("altp-ddc") or methods ("altp": every variant)."""
     rows = variants()
-    if not names:
+    if names is None:
         return list(rows)
+    if not names:
+        raise ValueError("no sweep method given; name at least one, e.g. fastv,altp (or omit for all)")
     out: list[str] = []
     for name in names:
         matched = [label for label, (method, _) in rows.items() if name in (label, method)]
@@ -68,6 +73,16 @@ def select_labels(names: Sequence[str] | None) -> list[str]:
             )
         out += [label for label in matched if label not in out]
     return out
+
+
+def sweep_tasks(tasks: Sequence[str] | None, data: DataSpec) -> list[str]:
+    """Return the tasks to sweep: those named (each one the data supports), or all it supports (None)."""
+    supported = [t for t, sources in TASK_SOURCES.items() if data.source in sources]
+    if tasks is None:
+        return supported
+    if not tasks:
+        raise ValueError(f"no sweep task given; valid for {data.source} data: {supported} (or omit for all)")
+    return [check_choice("task", task, supported) for task in tasks]
 
 
 def plan_sweep(
@@ -80,6 +95,7 @@ def plan_sweep(
 ) -> list[Cell]:
     """Return the sweep's cells: per task the unpruned model, then every label at every reduction."""
     check_budget(budget)
+    check_reductions(reductions)
     rows = variants()
     cells = []
     for task in tasks:
@@ -112,9 +128,12 @@ def run_sweep(
     captions: bool = False,
     progress: bool = True,
 ) -> list[Cell]:
-    """Evaluate every cell (resuming each), then write sweep.json, table.md and plot.png (rank 0)."""
-    out = Path(out_dir)
-    tasks = list(tasks) if tasks else [t for t, sources in TASK_SOURCES.items() if data.source in sources]
+    """Evaluate every cell (resuming each), then write sweep.json, table.md and plot.png (rank 0).
+
+    Every setting is checked, and every cell planned, before anything runs or is written.
+    """
+    out = check_out_dir(out_dir)
+    tasks = sweep_tasks(tasks, data)
     config = llava_config(model)
     cells = plan_sweep(
         tasks,
@@ -124,16 +143,26 @@ def run_sweep(
         config.image_seq_length,
         budget,
     )
-    for cell in cells:
-        if cell.skipped is None:
-            spec = EvalSpec(cell.task, data, model_name, cell.config, batch_size, max_new_tokens)
-            evaluate(model, spec, out / cell.name, captions=captions, progress=progress)
-    if distributed()[0] == 0:
-        (out / "sweep.json").write_text(
-            json.dumps({"budget": budget, "cells": [c.to_dict() for c in cells]}, indent=2) + "\n"
+    runs = [
+        (cell, EvalSpec(cell.task, data, model_name, cell.config, batch_size, max_new_tokens))
+        for cell in cells
+        if cell.skipped is None
+    ]
+    if all(cell.reduction is None for cell, _ in runs):
+        reasons = "; ".join(
+            dict.fromkeys(f"{c.label} at {c.reduction:g}: {c.skipped}" for c in cells if c.skipped)
         )
-        write_table(out, cells, budget)
-        write_plot(out, cells)
+        raise ValueError(f"no pruned cell of this sweep can run on this model ({reasons})")
+    rank = distributed()[0]
+    with locked(out) if rank == 0 else contextlib.nullcontext():
+        for cell, spec in runs:
+            evaluate(model, spec, out / cell.name, captions=captions, progress=progress)
+        if rank == 0:
+            (out / "sweep.json").write_text(
+                json.dumps({"budget": budget, "cells": [c.to_dict() for c in cells]}, indent=2) + "\n"
+            )
+            write_table(out, cells, budget)
+            write_plot(out, cells)
     return cells
 
 

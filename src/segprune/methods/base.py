@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from typing import Any, ClassVar
 
+from segprune.checks import check_choice, check_int, check_number
 from segprune.methods.plan import TokenPlan
 
 METHODS: dict[str, type[MethodConfig]] = {}
@@ -103,30 +103,15 @@ class MethodConfig:
 
     def check_int(self, field: str, lo: int | None = None, hi: int | None = None) -> int:
         """Check that `field` is an int in [lo, hi]."""
-        value = getattr(self, field)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{self._where(field)}={value!r} must be an integer")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ValueError(f"{self._where(field)}={value!r} is out of range; valid: {_range(lo, hi)}")
-        return value
+        return check_int(self._where(field), getattr(self, field), lo, hi)
 
     def check_fraction(self, field: str, allow_zero: bool = False) -> float:
         """Check that `field` is a real number in (0, 1] (or [0, 1] with `allow_zero`)."""
-        value = getattr(self, field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"{self._where(field)}={value!r} must be a number")
-        low_ok = value >= 0 if allow_zero else value > 0
-        if not (low_ok and value <= 1):
-            valid = "0 <= value <= 1" if allow_zero else "0 < value <= 1"
-            raise ValueError(f"{self._where(field)}={value!r} is out of range; valid: {valid}")
-        return float(value)
+        return check_number(self._where(field), getattr(self, field), 0, 1, lo_open=not allow_zero)
 
     def check_choice(self, field: str, choices: tuple[str, ...]) -> str:
         """Check that `field` is one of `choices`."""
-        value = getattr(self, field)
-        if value not in choices:
-            raise ValueError(f"{self._where(field)}={value!r} is not valid; choose one of {list(choices)}")
-        return value
+        return check_choice(self._where(field), getattr(self, field), choices)
 
     def check_layers(self, field: str) -> tuple[int, ...]:
         """Check that `field` is a non-empty, strictly increasing tuple of layer indices >= 1."""
@@ -142,14 +127,6 @@ class MethodConfig:
                     f"({layer} follows {value[i - 1]})"
                 )
         return value
-
-
-def _range(lo: int | None, hi: int | None) -> str:
-    if lo is not None and hi is not None:
-        return f"{lo} <= value <= {hi}"
-    if lo is not None:
-        return f"value >= {lo}"
-    return f"value <= {hi}"
 
 
 def check_fits(config: MethodConfig, field: str, value: int, n_layers: int) -> None:

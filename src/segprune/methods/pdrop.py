@@ -9,6 +9,8 @@ from segprune.methods.fastv import keep_count
 from segprune.methods.plan import AttentionScore, Keep, TokenPlan
 from segprune.methods.select import TopK
 
+POSITIONS = ("renumber", "original")
+
 
 @register
 @dataclass(frozen=True)
@@ -19,6 +21,10 @@ class PDropConfig(MethodConfig):
         layers: the first layer of each new stage, strictly increasing, each >= 1. After stage s
             (that is, from `layers[s-1]` on) round(ratio**s * N) image tokens stay live.
         ratio: the fraction kept at each stage boundary, 0 < ratio <= 1.
+        positions: "renumber" (default, as PyramidDrop's reference code): after each drop the
+            remaining tokens get contiguous position ids and decoding continues from the shorter
+            length; "original": every token keeps its original position id, as segprune's other
+            methods do.
 
     Tokens are ranked by the attention row of the last instruction token (the last token of the
     prefill input) computed from the hidden states entering the new stage's first layer with that
@@ -28,10 +34,12 @@ class PDropConfig(MethodConfig):
     name = "pdrop"
     layers: tuple[int, ...] = (8, 16, 24)
     ratio: float = 0.5
+    positions: str = "renumber"
 
     def validate(self) -> None:
         self.check_layers("layers")
         self.check_fraction("ratio")
+        self.check_choice("positions", POSITIONS)
 
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
         steps = []
@@ -40,7 +48,7 @@ class PDropConfig(MethodConfig):
             steps.append(
                 Keep(layer, keep_count(self.ratio**s, n_image), TopK(), AttentionScore(layer, "last"))
             )
-        return TokenPlan(n_image, n_layers, tuple(steps))
+        return TokenPlan(n_image, n_layers, tuple(steps), renumber=self.positions == "renumber")
 
     @classmethod
     def keep_all(cls) -> PDropConfig:

@@ -113,15 +113,33 @@ class Merger(Protocol):
     ) -> torch.Tensor: ...
 
 
+MERGE_SPACES = ("vision", "llm")
+
+
 @dataclass(frozen=True)
 class Keep:
-    """Before `layer`, keep exactly `count` image tokens per sample; optionally merge the rest in."""
+    """Before `layer`, keep exactly `count` image tokens per sample; optionally merge the rest in.
+
+    `merge_space`: what `merge` averages. "llm": the live tokens' hidden states in the language
+    model (at layer 0 the projector's outputs). "vision": the vision tower's features the projector
+    receives; the adapter projects the merged features, so a merged token is the projection of a
+    mean, not the mean of projections (the projector is an MLP). Only steps at layer 0 can.
+    """
 
     layer: int
     count: int
     select: Selector
     score: AttentionScore | None = None
     merge: Merger | None = None
+    merge_space: str = "llm"
+
+    def __post_init__(self) -> None:
+        if self.merge_space not in MERGE_SPACES:
+            raise ValueError(f"merge_space={self.merge_space!r}; valid: {list(MERGE_SPACES)}")
+        if self.merge_space == "vision" and self.layer != 0:
+            raise ValueError(
+                f"a step at layer {self.layer} cannot merge vision features; valid: layer 0 (before the LLM)"
+            )
 
 
 @dataclass(frozen=True)
@@ -136,11 +154,17 @@ Step = Keep | Reactivate
 
 @dataclass(frozen=True)
 class TokenPlan:
-    """The validated schedule of live image tokens for one model and image-token count."""
+    """The validated schedule of live image tokens for one model and image-token count.
+
+    `renumber`: after each step, live tokens get contiguous position ids (a token's id drops by the
+    number of image tokens dropped before it, and decode steps continue from the shorter length),
+    as PyramidDrop's reference code does; otherwise every token keeps its original position id.
+    """
 
     n_image: int
     n_layers: int
     steps: tuple[Step, ...]
+    renumber: bool = False
 
     def __post_init__(self) -> None:
         if self.n_image < 1:

@@ -17,7 +17,7 @@ from segprune.methods.merge import (
     spread,
     weighted_average,
 )
-from segprune.methods.plan import Keep, SelectContext, TokenPlan
+from segprune.methods.plan import MERGE_SPACES, Keep, SelectContext, TokenPlan
 
 # PruMerge takes CLS attention and keys from the vision tower's last layer, whose input is the
 # second-to-last layer's output: the features LLaVA projects.
@@ -135,6 +135,8 @@ class PruMergeConfig(MethodConfig):
         neighbours: k. Each kept token becomes the CLS-attention-weighted average of itself and
             its k nearest tokens by cosine similarity of the last vision layer's keys (all heads
             concatenated), at most N - 1; 0 merges nothing.
+        merge_space: "vision" (default, as PruMerge's code): average the vision tower's features and
+            project the result; "llm": average the projector's outputs.
 
     Merged tokens keep their own position ids (see VisionZipConfig for why).
     """
@@ -143,12 +145,14 @@ class PruMergeConfig(MethodConfig):
     plus: bool = True
     keep_ratio: float = 0.25
     neighbours: int = 32
+    merge_space: str = "vision"
 
     def validate(self) -> None:
         if not isinstance(self.plus, bool):
             raise ValueError(f"PruMergeConfig.plus={self.plus!r} must be True or False")
         self.check_fraction("keep_ratio")
         self.check_int("neighbours", lo=0)
+        self.check_choice("merge_space", MERGE_SPACES)
 
     def vision_layers(self) -> tuple[int, ...]:
         return (VISION_LAYER,)
@@ -156,7 +160,8 @@ class PruMergeConfig(MethodConfig):
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
         tokens = PruMergeTokens(self.plus, self.neighbours)
         merge = tokens.merge if self.neighbours else None
-        step = Keep(0, keep_count(self.keep_ratio, n_image), tokens.select, merge=merge)
+        count = keep_count(self.keep_ratio, n_image)
+        step = Keep(0, count, tokens.select, merge=merge, merge_space=self.merge_space)
         return TokenPlan(n_image, n_layers, (step,))
 
     @classmethod

@@ -44,6 +44,7 @@ class ReplayConfig(MethodConfig):
     name = "replay"
     kept: tuple[torch.Tensor, ...] = field(default=())
     check: bool = True
+    renumber: bool = False
 
     def validate(self) -> None:
         if not self.kept:
@@ -52,7 +53,8 @@ class ReplayConfig(MethodConfig):
     @classmethod
     def from_stats(cls, stats, check: bool = True) -> ReplayConfig:
         """Replay the live sets of the forward `stats` describes (`check=False`: trust them, no sync)."""
-        return cls(kept=tuple(k.detach().clone() for k in stats.kept_indices), check=check)
+        kept = tuple(k.detach().clone() for k in stats.kept_indices)
+        return cls(kept=kept, check=check, renumber=stats.renumbered)
 
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
         # Comparing recorded sets reads device tensors on the host: done once per shape, so that
@@ -79,4 +81,4 @@ class ReplayConfig(MethodConfig):
             elif not torch.equal(kept, previous):
                 steps.append(Keep(layer, kept.shape[1], Fixed(kept, self.check)))
             previous = kept
-        return TokenPlan(n_image, n_layers, tuple(steps))
+        return TokenPlan(n_image, n_layers, tuple(steps), renumber=self.renumber)

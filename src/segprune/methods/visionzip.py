@@ -15,7 +15,7 @@ from segprune.methods.merge import (
     spread,
     weighted_average,
 )
-from segprune.methods.plan import Keep, SelectContext, TokenPlan
+from segprune.methods.plan import MERGE_SPACES, Keep, SelectContext, TokenPlan
 
 # LLaVA feeds the projector the output of the vision tower's second-to-last layer; VisionZip ranks
 # by that layer's CLS attention and groups by that layer's keys.
@@ -94,6 +94,9 @@ class VisionZipConfig(MethodConfig):
         contextual: merged tokens: targets spread evenly over the remaining tokens, each the mean
             embedding of its group (itself and the remaining tokens whose keys, mean over heads,
             are most similar to its own by cosine similarity).
+        merge_space: "vision" (default, as VisionZip's code): the group means are taken over the
+            vision tower's features, which the projector then maps to LLM inputs; "llm": over the
+            projector's outputs (segprune's rule before; the projector is an MLP, so they differ).
 
     Exactly dominant + contextual image tokens enter the LLM per sample. A merged token keeps its
     target's position id: the target is one real patch of the grid, so the position stays an
@@ -105,11 +108,13 @@ class VisionZipConfig(MethodConfig):
     name = "visionzip"
     dominant: int | None = 54
     contextual: int = 10
+    merge_space: str = "vision"
 
     def validate(self) -> None:
         if self.dominant is not None:
             self.check_int("dominant", lo=0)
         self.check_int("contextual", lo=0)
+        self.check_choice("merge_space", MERGE_SPACES)
         if self.dominant is None and self.contextual:
             raise ValueError(
                 f"VisionZipConfig.contextual={self.contextual!r} must be 0 when dominant=None "
@@ -134,7 +139,8 @@ class VisionZipConfig(MethodConfig):
             )
         tokens = VisionZipTokens(dominant, self.contextual)
         merge = tokens.merge if self.contextual else None
-        return TokenPlan(n_image, n_layers, (Keep(0, count, tokens.select, merge=merge),))
+        step = Keep(0, count, tokens.select, merge=merge, merge_space=self.merge_space)
+        return TokenPlan(n_image, n_layers, (step,))
 
     @classmethod
     def keep_all(cls) -> VisionZipConfig:

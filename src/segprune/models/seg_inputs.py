@@ -31,8 +31,8 @@ def word_tokenizer(words: Sequence[str], special_tokens: Sequence[str] = SPECIAL
 
     Text splits on whitespace and punctuation. Token i of `special_tokens` + `words` gets id i; any
     other word maps to `<unk>`. A `<s>` starts every encoding; padding is on the left, for
-    generation. `[SEG]`, `<p>` and `</p>` are plain added tokens (as LISA and GLaMM add them), so
-    decoding keeps them; the others are special tokens.
+    generation. `[SEG]`, `<p>` and `</p>` are plain added tokens (as LISA adds `[SEG]`; GLaMM adds all three
+    as special tokens), so decoding keeps them; the others are special tokens.
     `special_tokens` must hold `<unk>`, `<s>` and `</s>`; `<pad>` is optional.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -126,6 +126,10 @@ def as_uint8_chw(image: Any) -> torch.Tensor:
         raise ValueError(
             f"expected an RGB image: numpy (H, W, 3) or torch (3, H, W); got shape {tuple(array.shape)}"
         )
+    if array.shape[1] < 1 or array.shape[2] < 1:
+        raise ValueError(
+            f"image of {array.shape[1]}x{array.shape[2]} pixels (H x W) is empty; valid: at least 1x1"
+        )
     return array
 
 
@@ -161,9 +165,13 @@ def clip_pixels(images: Sequence[torch.Tensor], size: int, crop: bool = True) ->
 
 
 def longest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
-    """The size segment-anything's `ResizeLongestSide(target)` gives an `height x width` image."""
+    """The size segment-anything's `ResizeLongestSide(target)` gives an `height x width` image.
+
+    A side that would round to 0 pixels (a 2000 x 3 image at 1024) is kept at 1, where
+    segment-anything would fail.
+    """
     scale = target / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 @dataclass(frozen=True)

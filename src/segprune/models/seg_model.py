@@ -52,8 +52,10 @@ class SegModelConfig(PretrainedConfig):
         seg_answer: the teacher-forced answer of `segment`; must hold `[SEG]`.
         gcg_query: the default query of `ground` (GLaMM's GCG instruction).
         phrase_open, phrase_close: the tokens around a grounded phrase.
-        clip_crop: True: resize the shortest side and centre-crop for the LLaVA tower (CLIP's and
-            LISA's preprocessing); False: resize the whole image to the square.
+        clip_crop: True: resize the shortest side and centre-crop for the LLaVA tower (CLIP's,
+            LISA's and GLaMM's preprocessing); False: resize the whole image to the square.
+        region_token: a token that asks about a region given as a box (GLaMM's `<bbox>`); prompts
+            holding it are refused, as the model has no region encoder. None: nothing is refused.
     """
 
     model_type = "segprune_seg"
@@ -70,6 +72,7 @@ class SegModelConfig(PretrainedConfig):
     phrase_open: str = "<p>"
     phrase_close: str = "</p>"
     clip_crop: bool = True
+    region_token: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         if not isinstance(self.llava_config, PretrainedConfig):
@@ -179,6 +182,12 @@ class SegModel(PreTrainedModel):
             raise ValueError(f"got {len(images)} images and {len(texts)} texts; give one text per image")
         if not images:
             raise ValueError("give at least one image")
+        region = self.config.region_token
+        if region and (asking := [i for i, text in enumerate(texts) if region in text]):
+            raise ValueError(
+                f"prompt(s) {asking} hold the region token {region!r}: region prompts need GLaMM's region "
+                "encoder, which convert-glamm does not convert; ask without regions"
+            )
         llava = self.config.llava_config
         pictures = [seg_inputs.as_uint8_chw(image) for image in images]
         input_ids, attention_mask = seg_inputs.encode_prompts(
@@ -194,6 +203,13 @@ class SegModel(PreTrainedModel):
             "sam": sam,
             "sam_pixels": sam.pixels.to(device, dtype),
         }
+
+    def _answer_text(self, tokens: list[int], keep: set[int]) -> str:
+        """Decode an answer without the tokenizer's special tokens and `<image>`, but with the `keep`
+        ids (`[SEG]`, `<p>`, `</p>`: GLaMM's tokenizer adds them as special tokens, LISA's as plain ones)."""
+        tokenizer = self._tokenizer()
+        dropped = {*tokenizer.all_special_ids, self.config.llava_config.image_token_id} - keep
+        return tokenizer.decode([t for t in tokens if t not in dropped], skip_special_tokens=False)
 
     def decode_masks(self, image_embeddings: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Low-resolution mask logits `(B, k, h, w)` for `hidden` `(B, k, width)` `[SEG]` states on
@@ -348,7 +364,7 @@ class SegModel(PreTrainedModel):
                 tokenizer.decode(row[span[0] : span[1]], skip_special_tokens=True).strip() if span else None
                 for span in parsed.spans
             ]
-            text = tokenizer.decode(row, skip_special_tokens=True)
+            text = self._answer_text(row, {seg_id, open_id, close_id})
             answers.append(
                 GroundedAnswer(text=text, phrases=phrases, masks=masks, errors=list(parsed.errors))
             )

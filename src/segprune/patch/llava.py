@@ -83,11 +83,14 @@ class LlavaAdapter:
             else None
         )
         self._pixels: torch.Tensor | None = None
+        self._projector_input: torch.Tensor | None = None
         self._hooks = [
             llava.register_forward_pre_hook(self._capture_inputs, with_kwargs=True),
             # Pixels are taken where the vision tower receives them: generate() may encode the
             # images before the first LlavaModel call and pass features instead of pixel_values.
             llava.vision_tower.register_forward_pre_hook(self._capture_pixels, with_kwargs=True),
+            # The vision features, for methods that merge them before the projector.
+            llava.multi_modal_projector.register_forward_pre_hook(self._capture_projector_input),
         ]
         adapter = self
 
@@ -125,6 +128,22 @@ class LlavaAdapter:
 
     def _capture_pixels(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pixels = kwargs.get("pixel_values", args[0] if args else None)
+
+    def _capture_projector_input(self, module: nn.Module, args: tuple) -> None:
+        self._projector_input = args[0] if args else None
+
+    def _merge_vision(self, step: Keep, live_img, new_img, context) -> torch.Tensor:
+        """Merge the vision features the projector received, then project: `(batch, count, D)`."""
+        features, self._projector_input = self._projector_input, None
+        batch, n_image = live_img.shape[0], context.n_image
+        if features is None or features.shape[:2] != (batch, n_image):
+            got = None if features is None else tuple(features.shape)
+            raise ValueError(
+                f"merging before the projector needs its input, (batch, N, D) = ({batch}, {n_image}, D); "
+                f"got {got}: run the model with pixel_values (one image per sample)"
+            )
+        merged = step.merge(take(features, live_img), live_img, new_img, context)
+        return self.llava.multi_modal_projector(merged)
 
     # -- the patched forward --------------------------------------------------------------------
 
@@ -231,6 +250,9 @@ class LlavaAdapter:
             image_seq, text_seq = order[:, :n_image], order[:, n_image:]
         live_img = torch.arange(n_image, device=device).expand(batch, n_image).contiguous()
         live_seq = seq
+        # Position ids and rotary embeddings of the live tokens; renumbered plans change them per step.
+        live_pos, live_cos, live_sin = position_ids.expand(batch, -1), cos, sin
+        renumber = plan is not None and plan.renumber
         hidden = embeds
         # Pruned rows keep their last hidden state here, and re-activated rows come back from here.
         full = embeds.clone() if plan and plan.steps else None
@@ -246,7 +268,14 @@ class LlavaAdapter:
                 if kind == "score":
                     query_seq = self._query_seq(step.score.token, valid, pending, seq)
                     pending_scores[i] = self._score(
-                        layer, hidden, live_seq, image_seq.gather(1, live_img), query_seq, valid, cos, sin
+                        layer,
+                        hidden,
+                        live_seq,
+                        image_seq.gather(1, live_img),
+                        query_seq,
+                        valid,
+                        live_cos,
+                        live_sin,
                     )
                     continue
                 scores = pending_scores.pop(i, None)
@@ -256,7 +285,9 @@ class LlavaAdapter:
                 merged = None
                 if isinstance(step, Keep):
                     new_img = step.select(scores, live_img, step.count, context)
-                    if step.merge is not None:
+                    if step.merge is not None and step.merge_space == "vision":
+                        merged = self._merge_vision(step, live_img, new_img, context)
+                    elif step.merge is not None:
                         image_rows = torch.searchsorted(live_seq, image_seq.gather(1, live_img))
                         merged = step.merge(take(hidden, image_rows), live_img, new_img, context)
                 else:
@@ -268,6 +299,12 @@ class LlavaAdapter:
                 live_img = new_img
                 live_seq = torch.cat([text_seq, image_seq.gather(1, live_img)], dim=1).sort(dim=1).values
                 hidden = take(full, live_seq)
+                live_pos = take(position_ids.expand(batch, -1), live_seq)
+                if renumber:
+                    live_pos = live_pos - self._dropped_before(live_seq, image_seq, live_img)
+                    live_cos, live_sin = self._rope(embeds, live_pos)
+                else:
+                    live_cos, live_sin = take(cos, live_seq), take(sin, live_seq)
             if all_hidden is not None:
                 all_hidden.append(self._full_view(full, hidden, live_seq))
             mask = self._mask(live_seq, live_seq, valid)
@@ -275,19 +312,21 @@ class LlavaAdapter:
                 layer,
                 hidden,
                 attention_mask=mask,
-                position_ids=take(position_ids.expand(batch, -1), live_seq),
-                position_embeddings=(take(cos, live_seq), take(sin, live_seq)),
+                position_ids=live_pos,
+                position_embeddings=(live_cos, live_sin),
                 cache=cache,
                 use_cache=use_cache,
                 extra=kwargs,
             )
             state.key_seq.append(live_seq)
             state.kept.append(live_img)
+            state.position_shift.append(n_image - live_img.shape[1] if renumber else 0)
         if full is not None:
             full.scatter_(1, live_seq[..., None].expand(-1, -1, width), hidden)
             hidden = full
         if self.vision is not None:
             self.vision.inputs.clear()  # free the captured activations
+        self._projector_input = None
         if all_hidden is not None:
             all_hidden.append(hidden)
         return hidden, all_hidden
@@ -352,6 +391,18 @@ class LlavaAdapter:
             instance_masks=instance_masks,
         )
 
+    @staticmethod
+    def _dropped_before(live_seq: torch.Tensor, image_seq: torch.Tensor, live_img: torch.Tensor):
+        """Return `(batch, n_live)`: how many dropped image tokens precede each live token."""
+        n_image, n_live = image_seq.shape[1], live_img.shape[1]
+        if n_live == n_image:
+            return torch.zeros_like(live_seq)
+        is_live = torch.zeros(image_seq.shape, dtype=torch.bool, device=image_seq.device)
+        is_live.scatter_(1, live_img, True)
+        beyond = image_seq.new_full((), torch.iinfo(image_seq.dtype).max)
+        dropped = image_seq.masked_fill(is_live, beyond).sort(dim=1).values[:, : n_image - n_live]
+        return torch.searchsorted(dropped.contiguous(), live_seq.contiguous())
+
     def _full_view(self, full, hidden, live_seq):
         if full is None:
             return hidden
@@ -370,19 +421,24 @@ class LlavaAdapter:
             )
         if not state.padded:
             valid = None
-        cos, sin = self._rope(embeds, position_ids)
+        # A renumbered layer saw `shift` fewer tokens before the new ones than were given.
+        rope = {}
+        for shift in set(state.position_shift):
+            shifted = position_ids - shift
+            rope[shift] = (shifted, self._rope(embeds, shifted))
         hidden = embeds
         all_hidden = [] if output_hidden_states else None
         for layer_idx, layer in enumerate(self.lm.layers[: self.n_layers]):
             if all_hidden is not None:
                 all_hidden.append(hidden)
             keys = torch.cat([state.key_seq[layer_idx], new_seq], dim=1)
+            layer_pos, layer_rope = rope[state.position_shift[layer_idx]]
             hidden = self.api.call_layer(
                 layer,
                 hidden,
                 attention_mask=self._mask(new_seq, keys, valid),
-                position_ids=position_ids,
-                position_embeddings=(cos, sin),
+                position_ids=layer_pos,
+                position_embeddings=layer_rope,
                 cache=cache,
                 use_cache=True,
                 extra=kwargs,
@@ -443,8 +499,12 @@ class LlavaAdapter:
         # The first [SEG] of each sample.
         return is_seg.int().argmax(dim=1)
 
-    def _score(self, layer, hidden, live_seq, image_seq, query_seq, valid, cos, sin) -> torch.Tensor:
-        """Return `(batch, n_live_image)` attention of the query token to each live image token in `layer`."""
+    def _score(
+        self, layer, hidden, live_seq, image_seq, query_seq, valid, live_cos, live_sin
+    ) -> torch.Tensor:
+        """Return `(batch, n_live_image)` attention of the query token to each live image token in `layer`.
+
+        `live_cos`, `live_sin`: the rotary embeddings of the live tokens, `(batch, n_live, head_dim)`."""
         attn = layer.self_attn
         head_dim = attn.head_dim
         batch, n, _ = hidden.shape
@@ -455,7 +515,6 @@ class LlavaAdapter:
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
         rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-        live_cos, live_sin = take(cos, live_seq), take(sin, live_seq)
         q, _ = rope(q, q, take(live_cos, row), take(live_sin, row))
         k, _ = rope(k, k, live_cos, live_sin)
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
@@ -482,6 +541,7 @@ class LlavaAdapter:
             text_tokens=state.text_tokens,
             scores=list(state.scores),
             dims=dims,
+            renumbered=bool(state.plan and state.plan.renumber),
         )
 
 

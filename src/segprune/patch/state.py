@@ -23,6 +23,8 @@ class PruneStats:
         scores: per plan step that ranks by attention, the `(batch, n_live_before)` scores it used
             (None for score-free steps).
         dims: the decoder's sizes, for the FLOPs formulas.
+        renumbered: whether live tokens got contiguous position ids after each drop (PyramidDrop's
+            default) rather than keeping their original ones.
     """
 
     image_tokens: int
@@ -31,6 +33,7 @@ class PruneStats:
     text_tokens: torch.Tensor
     scores: list[torch.Tensor | None]
     dims: flops.ModelDims
+    renumbered: bool = False
 
     @property
     def n_avg(self) -> float:
@@ -85,6 +88,8 @@ class ForwardState:
         key_seq: per layer, `(batch, n_keys)` sequence indices of the tokens in that layer's cache.
         kept: per layer, `(batch, n_live)` live image-token indices.
         padded: whether the prefill's attention mask had any padding.
+        position_shift: per layer, how much lower than given the position ids of decode steps are
+            (the image tokens a renumbering plan dropped before that layer; 0 otherwise).
     """
 
     plan: TokenPlan | None
@@ -93,5 +98,6 @@ class ForwardState:
     key_seq: list[torch.Tensor] = field(default_factory=list)
     kept: list[torch.Tensor] = field(default_factory=list)
     scores: list[torch.Tensor | None] = field(default_factory=list)
+    position_shift: list[int] = field(default_factory=list)
     text_tokens: torch.Tensor | None = None
     padded: bool = False

@@ -10,6 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from segprune.checks import check_choice, check_int, check_number
+
+SAVE_DTYPES = ("float16", "bfloat16", "float32")
+
 # Fields that must match between a checkpoint and the run resuming it (the others, such as
 # the device, the time limit or the number of workers, may change).
 SAME_ON_RESUME = (
@@ -46,10 +50,12 @@ class TrainConfig:
         log_every: write the losses to log.jsonl every this many steps.
         workers: data-loader processes building batches (0: in the training process).
         threads: torch CPU threads (0: leave torch's default).
-        save_dtype: dtype of the saved model ("float16" keeps it small, "float32").
+        save_dtype: dtype of the saved model, one of `SAVE_DTYPES` ("float16" keeps it small).
         dims: `TinyDims` overrides (e.g. {"llm_width": 256}).
         mix: `TaskMix` overrides.
         loss_weights: overrides of `objective.WEIGHTS` (e.g. {"mask_dice": 0.5}, LISA's value).
+        overwrite: start afresh in an `out` that holds a run, replacing its checkpoint, model and log
+            (without it, or `resume`, such a directory is refused).
     """
 
     out: str = "runs/tiny"
@@ -73,6 +79,30 @@ class TrainConfig:
     dims: dict[str, Any] = field(default_factory=dict)
     mix: dict[str, Any] = field(default_factory=dict)
     loss_weights: dict[str, float] = field(default_factory=dict)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name, lo in (
+            ("steps", 1),
+            ("batch_size", 1),
+            ("warmup", 0),
+            ("seed", 0),
+            ("val_every", 0),
+            ("val_size", 0),
+            ("checkpoint_every", 1),
+            ("log_every", 1),
+            ("workers", 0),
+            ("threads", 0),
+        ):
+            check_int(f"TrainConfig.{name}", getattr(self, name), lo)
+        check_number("TrainConfig.lr", self.lr, 0, lo_open=True)
+        check_number("TrainConfig.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_number("TrainConfig.weight_decay", self.weight_decay, 0)
+        if self.time_limit is not None:
+            check_number("TrainConfig.time_limit", self.time_limit, 0, lo_open=True)
+        check_choice("TrainConfig.save_dtype", self.save_dtype, SAVE_DTYPES)
+        if self.resume and self.overwrite:
+            raise ValueError("TrainConfig: resume and overwrite exclude each other; choose one")
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:

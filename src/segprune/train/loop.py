@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from segprune.checks import check_device, check_int, one_line
 from segprune.data.shapes import generate_scene
+from segprune.eval.runner import quiet_transformers
 from segprune.models.tiny import TinyDims, build_tiny
+from segprune.outdir import check_out_dir, contents, locked, read_records
 from segprune.train.config import SAME_ON_RESUME, TrainConfig, learning_rate
 from segprune.train.evaluate import VAL_SEED, evaluate_refseg, validation_set
-from segprune.train.objective import AuxHeads, compute_losses
+from segprune.train.objective import AuxHeads, check_loss_weights, compute_losses
 from segprune.train.samples import TaskMix, collate, make_sample
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT, LOG, MODEL = "checkpoint.pt", "log.jsonl", "model"
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -40,7 +44,7 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, config: TrainConfig, model_config: Any, tokenizer: Any) -> None:
         self.config, self.model_config, self.tokenizer = config, model_config, tokenizer
-        self.mix = TaskMix(**config.mix)
+        self.mix = TaskMix.from_dict(config.mix)
 
     def __len__(self) -> int:
         return self.config.steps
@@ -104,7 +108,75 @@ def save_model(model: Any, path: Path, dtype: str) -> None:
     state = {
         k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in model.state_dict().items()
     }
-    model.save_pretrained(path, state_dict=state)
+    with quiet_transformers():  # a few megabytes: a "Writing model shards" bar would only be noise
+        model.save_pretrained(path, state_dict=state)
+
+
+def _check_dims(dims: dict[str, Any]) -> TinyDims:
+    """Return the `TinyDims` of `--dims` overrides if a model can be built with them, else raise."""
+    built = TinyDims.from_dict(dims)
+    for f in dataclasses.fields(TinyDims):
+        check_int(f"TinyDims.{f.name}", getattr(built, f.name), 1)
+    for whole, part in (
+        ("image_size", "patch_size"),
+        ("sam_image_size", "sam_patch_size"),
+        ("vision_width", "vision_heads"),
+        ("llm_width", "llm_heads"),
+    ):
+        if getattr(built, whole) % getattr(built, part):
+            raise ValueError(
+                f"TinyDims.{whole}={getattr(built, whole)} is not a multiple of {part}={getattr(built, part)}"
+            )
+    return built
+
+
+def _check_run_dir(out: Path, config: TrainConfig) -> None:
+    """Refuse an `out` that holds files unless the run resumes from its checkpoint or overwrites it."""
+    names = contents(out)
+    if not names or config.overwrite:
+        return
+    if not config.resume:
+        raise ValueError(
+            f"{out} already holds a run ({', '.join(names)}); continue it with --resume, start afresh "
+            "with --overwrite, or use another --out"
+        )
+    if CHECKPOINT not in names:
+        raise ValueError(
+            f"{out} holds no {CHECKPOINT} to resume from ({', '.join(names)}); start afresh with "
+            "--overwrite, or use another --out"
+        )
+
+
+def _read_checkpoint(path: Path, device: torch.device, config: TrainConfig) -> dict[str, Any]:
+    """Return a checkpoint that `config` can resume from, or raise saying why it cannot."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+        settings, _ = saved["config"], saved["step"]
+    except Exception as err:  # cut off, not a checkpoint, another program's file
+        raise ValueError(
+            f"{path} cannot be read as a train-tiny checkpoint ({one_line(err)}); "
+            "start afresh with --overwrite"
+        ) from err
+    _check_resumable(settings, config)
+    return saved
+
+
+def _clear(out: Path) -> None:
+    """Remove what a run writes into `out` (its checkpoint, model and log), nothing else."""
+    for name in (CHECKPOINT, CHECKPOINT.replace(".pt", ".tmp"), LOG):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / MODEL, ignore_errors=True)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log lines up to `step`: a run killed after its checkpoint logged steps it will redo."""
+    records, intact = read_records(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if len(kept) == len(records) and intact == (path.stat().st_size if path.exists() else 0):
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
 
 
 def _log(path: Path, record: dict[str, Any]) -> None:
@@ -128,33 +200,52 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
 
     `stop_after` stops (with a checkpoint) once that many steps are done, as an interruption would.
     """
+    start_time = time.monotonic()
+    # Every setting is checked, and the checkpoint read, before anything is written.
+    device = torch.device(check_device(config.device))
+    dims = _check_dims(config.dims)
+    TaskMix.from_dict(config.mix)
+    check_loss_weights(config.loss_weights)
+    out = check_out_dir(config.out)
+    _check_run_dir(out, config)
+    resuming = config.resume and (out / CHECKPOINT).exists()
+    saved = _read_checkpoint(out / CHECKPOINT, device, config) if resuming else None
+    with locked(out):
+        _check_run_dir(out, config)  # again: another writer may have started since
+        if config.overwrite:
+            _clear(out)
+        return _train(config, out, device, dims, saved, stop_after, start_time)
+
+
+def _train(
+    config: TrainConfig,
+    out: Path,
+    device: torch.device,
+    dims: TinyDims,
+    saved: dict[str, Any] | None,
+    stop_after: int | None,
+    start_time: float,
+) -> dict[str, Any]:
+    """The training loop of `train`, in a directory this process holds."""
     from tqdm.auto import tqdm
 
-    start_time = time.monotonic()
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, log_path = out / CHECKPOINT, out / "log.jsonl"
-
-    model = build_tiny(config.seed, TinyDims.from_dict(config.dims)).to(device).train()
+    checkpoint_path, log_path = out / CHECKPOINT, out / LOG
+    model = build_tiny(config.seed, dims).to(device).train()
     heads = AuxHeads.for_model(model).to(device)
     parameters = [*model.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(
         parameters, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
     step = 0
-    if config.resume and checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        _check_resumable(saved["config"], config)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         heads.load_state_dict(saved["heads"])
         optimizer.load_state_dict(saved["optimizer"])
         _set_rng_state(saved["rng"])
         step = saved["step"]
-    elif log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log
+        _trim_log(log_path, step)
 
     val_samples = validation_set(config.val_size, VAL_SEED) if config.val_size else []
     data = StepBatches(config, model.config, model.tokenizer)
@@ -192,5 +283,5 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
             bar.write(f"stopped at step {step} of {config.steps}; continue with --resume")
             break
     bar.close()
-    save_model(model, out / "model", config.save_dtype)
+    save_model(model, out / MODEL, config.save_dtype)
     return {"step": step, "stopped": stopped, "minutes": (time.monotonic() - start_time) / 60, **last_scores}

@@ -26,9 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segprune.checks import check_fields, check_number
 from segprune.train.samples import COLOUR_CLASSES, N_PRESENCE, SHAPE_CLASSES, SIZE_CLASSES
 
 WEIGHTS = {"lm": 1.0, "mask_bce": 2.0, "mask_dice": 2.0, "patches": 1.0, "presence": 0.5, "centre": 1.0}
+
+
+def check_loss_weights(weights: dict[str, Any]) -> dict[str, Any]:
+    """Return `weights` if every key is a `WEIGHTS` name and every value a finite number >= 0."""
+    check_fields("loss weights", weights, list(WEIGHTS))
+    for name, value in weights.items():
+        check_number(f"loss weight {name}", value, 0)
+    return weights
+
+
 HEADS = {"colour": len(COLOUR_CLASSES), "shape": len(SHAPE_CLASSES), "size": len(SIZE_CLASSES)}
 
 
@@ -136,10 +147,7 @@ def compute_losses(
     losses["presence"] = F.binary_cross_entropy_with_logits(
         heads.presence(captured["pooled"].float()), batch["presence"]
     )
-    unknown = sorted(set(weights or {}) - set(WEIGHTS))
-    if unknown:
-        raise ValueError(f"unknown loss weight(s) {unknown}; valid: {sorted(WEIGHTS)}")
-    weights = {**WEIGHTS, **(weights or {})}
+    weights = {**WEIGHTS, **check_loss_weights(weights or {})}
     losses = {name: weights[name] * value for name, value in losses.items()}
     losses["total"] = sum(losses.values())
     return losses

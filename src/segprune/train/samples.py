@@ -19,13 +19,14 @@ object identity. Everything is a pure function of the scene and a numpy generato
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segprune.checks import check_fields, check_int, check_number
 from segprune.data.scene import COLOURS, SHAPES, SIZE_WORDS, Scene
 from segprune.models import seg_inputs
 from segprune.models.tiny import refer_query
@@ -52,6 +53,29 @@ class TaskMix:
     qa_turns: int = 2
     caption_prob: float = 0.5
     query_weights: tuple[float, ...] = (0.15, 0.35, 0.25, 0.25)
+
+    def __post_init__(self) -> None:
+        check_int("TaskMix.refer_turns", self.refer_turns, 0)
+        check_int("TaskMix.qa_turns", self.qa_turns, 0)
+        check_number("TaskMix.caption_prob", self.caption_prob, 0, 1)
+        weights = self.query_weights
+        if not isinstance(weights, (tuple, list)) or len(weights) != len(QUERY_TYPES):
+            raise ValueError(
+                f"TaskMix.query_weights={weights!r} must hold {len(QUERY_TYPES)} numbers, one per type "
+                f"{list(QUERY_TYPES)}"
+            )
+        for i, weight in enumerate(weights):
+            check_number(f"TaskMix.query_weights[{i}]", weight, 0)
+        if not sum(weights):
+            raise ValueError(f"TaskMix.query_weights={weights!r} must not all be 0")
+        if not (self.refer_turns or self.qa_turns or self.caption_prob):
+            raise ValueError("this TaskMix trains nothing: refer_turns, qa_turns and caption_prob are all 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskMix:
+        """Build a mix from a dict of field overrides (`--mix`), naming any unknown field."""
+        check_fields("TaskMix", data, [f.name for f in fields(cls)])
+        return cls(**data)
 
 
 QUERY_TYPES = ("attribute", "spatial", "superlative", "reasoning")
