@@ -45,6 +45,7 @@ def files(tmp_path_factory) -> Path:
     (root / "reasonseg-blank" / "val" / "a.json").write_text("")
     (root / "grandf.json").write_text(json.dumps({"images": []}))
     (root / "afile").write_text("not a directory")
+    (root / "empty-dir").mkdir()
 
     model = tiny_seg_model()
     model.save_pretrained(root / "model")
@@ -186,8 +187,8 @@ CASES: dict[str, tuple[list[str], str, Callable[[Path], None] | None]] = {
     "bench-repeats": ([*BENCH, "--repeats", "0"], "--repeats=0", None),
     "bench-device": ([*BENCH, "--device", "bogus"], "'bogus'", None),
     "convert-missing-source": (["convert-lisa", "{files}/nope", "{out}"], "nope", None),
-    # The converter's own message does not name the file yet; the line comes from safetensors.
-    "convert-junk-weights": (["convert-lisa", "{files}/model-junk", "{out}"], "header too large", None),
+    "convert-junk-weights": (["convert-lisa", "{files}/model-junk", "{out}"], "model.safetensors", None),
+    "convert-empty-source": (["convert-lisa", "{files}/empty-dir", "{out}"], "holds no *.safetensors", None),
 }
 if not CUDA:
     CASES["eval-device-cuda"] = ([*EVAL, *SHAPES, "--device", "cuda"], "no CUDA device", None)

@@ -105,14 +105,20 @@ def _shard_files(directory: str) -> list[str]:
 
 
 def _load_file(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    """Read one weights file; a missing, cut or foreign file is a `ConversionError` naming it."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    try:  # mmap keeps a 15 GB checkpoint out of memory until each tensor is used
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # pre-zipfile format: no mmap
-        return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        try:  # mmap keeps a 15 GB checkpoint out of memory until each tensor is used
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # pre-zipfile format: no mmap
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except ConversionError:
+        raise
+    except Exception as err:  # safetensors, pickle and zip errors have no common base class
+        raise ConversionError(f"cannot read weights file {path!r}: {err}") from err
 
 
 # -- key mapping ---------------------------------------------------------------------------------
@@ -510,11 +516,16 @@ def convert(
     if os.path.isfile(config_path):
         with open(config_path) as f:
             source = json.load(f)
+    if os.path.isdir(src):
+        _shard_files(src)  # no weights: say so before the tokenizer's own, less clear, complaint
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
         where = os.fspath(tokenizer) if tokenizer is not None else src
         if not os.path.isdir(where):
             raise ConversionError(f"no tokenizer directory at {where!r}; pass tokenizer=PATH")
-        tokenizer = AutoTokenizer.from_pretrained(where)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where)
+        except (OSError, ValueError) as err:
+            raise ConversionError(f"cannot load a tokenizer from {where!r}: {err}") from err
     tokenizer, seg_id, image_id = _prepare_tokenizer(tokenizer, family)
 
     # The checkpoints' config.json uses LLaMA's field names, so text overrides can stand in for it.
