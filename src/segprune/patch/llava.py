@@ -320,7 +320,6 @@ class LlavaAdapter:
             )
             state.key_seq.append(live_seq)
             state.kept.append(live_img)
-            state.position_shift.append(n_image - live_img.shape[1] if renumber else 0)
         if full is not None:
             full.scatter_(1, live_seq[..., None].expand(-1, -1, width), hidden)
             hidden = full
@@ -421,9 +420,11 @@ class LlavaAdapter:
             )
         if not state.padded:
             valid = None
-        # A renumbered layer saw `shift` fewer tokens before the new ones than were given.
+        # A renumbering plan's layer saw as many fewer tokens before the new ones as it had dropped.
+        plan = state.plan
+        shifts = [plan.n_image - k.shape[1] if plan and plan.renumber else 0 for k in state.kept]
         rope = {}
-        for shift in set(state.position_shift):
+        for shift in set(shifts):
             shifted = position_ids - shift
             rope[shift] = (shifted, self._rope(embeds, shifted))
         hidden = embeds
@@ -432,7 +433,7 @@ class LlavaAdapter:
             if all_hidden is not None:
                 all_hidden.append(hidden)
             keys = torch.cat([state.key_seq[layer_idx], new_seq], dim=1)
-            layer_pos, layer_rope = rope[state.position_shift[layer_idx]]
+            layer_pos, layer_rope = rope[shifts[layer_idx]]
             hidden = self.api.call_layer(
                 layer,
                 hidden,

@@ -88,8 +88,6 @@ class ForwardState:
         key_seq: per layer, `(batch, n_keys)` sequence indices of the tokens in that layer's cache.
         kept: per layer, `(batch, n_live)` live image-token indices.
         padded: whether the prefill's attention mask had any padding.
-        position_shift: per layer, how much lower than given the position ids of decode steps are
-            (the image tokens a renumbering plan dropped before that layer; 0 otherwise).
     """
 
     plan: TokenPlan | None
@@ -98,6 +96,5 @@ class ForwardState:
     key_seq: list[torch.Tensor] = field(default_factory=list)
     kept: list[torch.Tensor] = field(default_factory=list)
     scores: list[torch.Tensor | None] = field(default_factory=list)
-    position_shift: list[int] = field(default_factory=list)
     text_tokens: torch.Tensor | None = None
     padded: bool = False
