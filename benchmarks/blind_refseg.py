@@ -4,7 +4,7 @@
 
 Writes OUT/refseg/blind/dense/samples.jsonl (index, intersection, union, tags: the records
 `segprune eval` writes) for the bundled tiny model on the sweep's refseg samples, so
-`sweep_report.py` can compare any cell with it. Uses `segprune.train.evaluate.segment_blind`
+`sweep_report.py` can compare any cell with it. Uses `SegModel.segment(..., image_tokens=False)`
 (image tokens removed, text at its usual positions, mask decoder unchanged).
 """
 
@@ -18,9 +18,8 @@ import torch
 
 from segprune.eval.datasets import load_items, parse_data
 from segprune.eval.metrics import mask_counts
-from segprune.eval.tasks import lisa_query
+from segprune.models.prompts import lisa_query
 from segprune.models.tiny import tiny
-from segprune.train.evaluate import segment_blind
 
 
 def main() -> None:
@@ -39,12 +38,13 @@ def main() -> None:
     with open(partial, "w") as f:
         for start in range(0, len(items), args.batch_size):
             loaded = [item.load() for item in items[start : start + args.batch_size]]
-            images = [sample[0] for sample in loaded]
-            masks = segment_blind(model, images, [lisa_query(s[1], s[4]) for s in loaded])
+            images = [sample.image for sample in loaded]
+            queries = [lisa_query(s.query, s.tags) for s in loaded]
+            masks = model.segment(images, queries, image_tokens=False)
             for k, (sample, mask) in enumerate(zip(loaded, masks, strict=True)):
-                counts = mask_counts(mask.cpu().numpy(), sample[2], ignore=sample[3])
+                counts = mask_counts(mask.cpu().numpy(), sample.target, ignore=sample.ignore)
                 record = {"index": start + k, "intersection": counts.intersection, "union": counts.union}
-                f.write(json.dumps({**record, "tags": list(sample[4])}) + "\n")
+                f.write(json.dumps({**record, "tags": list(sample.tags)}) + "\n")
     partial.replace(cell / "samples.jsonl")
     print(f"wrote {cell / 'samples.jsonl'} ({len(items)} samples)")
 

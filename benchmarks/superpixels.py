@@ -17,22 +17,23 @@ import time
 
 import torch
 
+from segprune import pixels
 from segprune.methods.altp import ALTPSelector
 from segprune.methods.plan import SelectContext
+from segprune.methods.regions import patch_view
 from segprune.methods.select import TopK
 from segprune.methods.superpixels import (
     cluster_patches,
     gaussian_blur,
     grid_slic,
-    patch_view,
     rescale,
     rgb_to_lab,
     skimage_slic,
 )
 
 SIZE, GRID = 336, (24, 24)  # LLaVA-1.5: 336 px images, 14 px patches, 576 tokens
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+CLIP_MEAN = torch.tensor(pixels.CLIP_MEAN)[:, None, None]
+CLIP_STD = torch.tensor(pixels.CLIP_STD)[:, None, None]
 
 
 def scenes(size: int = SIZE, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segprune import bench
+from segprune import bench, flops
 
 
 @pytest.mark.parametrize(
@@ -26,6 +26,7 @@ def test_presets_have_the_real_sizes(preset, billions, image_tokens, layers):
     assert abs(params - billions) < 0.05, params
     assert config.image_seq_length == image_tokens
     assert config.text_config.num_hidden_layers == layers
+    assert flops.ModelDims.from_config(config, image_tokens) == flops.preset(preset)  # one table
     with pytest.raises(ValueError, match="unknown preset 'llava-2'"):
         bench.llava_config("llava-2")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from segprune import METHODS
 from segprune.demo import demo_rows, demo_scene, run_demo
 from segprune.models.tiny import WEIGHTS
 
@@ -12,12 +13,14 @@ def test_rows_cover_every_method_at_both_budgets():
     rows = demo_rows()
     assert rows[0].config is None
     names = {(r.config.name, r.reduction) for r in rows[1:]}
-    methods = {"fastv", "pdrop", "altp", "csp", "visionzip", "prumerge"}
-    assert names == {(m, r) for m in methods for r in ("75%", "90%")}
+    assert names == {(m, r) for m in METHODS for r in ("75%", "90%")}
     for row in rows[1:]:
         final = row.config.plan(576, 32).live_counts()[-1]
         if row.config.name != "csp":  # CSP's budgets are its Table 6 settings
             assert final == {"75%": 144, "90%": 57}[row.reduction]
+    # The table's rows and order, as the README shows them.
+    labels = ["FastV", "PDrop", "ALTP", "CSP", "VisionZip", "PruMerge+"]
+    assert [r.label for r in rows] == ["Unpruned", *labels, *labels]
     assert len({r.slug for r in rows}) == len(rows)
 
 

@@ -219,7 +219,10 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, files, tmp_path,
     assert snapshot(out) == before
 
 
-@pytest.mark.parametrize("command", ["flops", "eval", "sweep", "train-tiny", "demo", "bench", "convert-lisa"])
+@pytest.mark.parametrize(
+    "command",
+    ["flops", "eval", "sweep", "train-tiny", "demo", "bench", "convert-lisa", "convert-glamm", "data"],
+)
 def test_help_shows_no_doubled_percent_signs(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -311,7 +314,9 @@ def test_two_evals_on_one_directory(tmp_path, capsys):
     """The first run holds the directory mid-way; a second one is refused and the first completes."""
     from segprune import FastVConfig
     from segprune.eval.datasets import parse_data
-    from segprune.eval.runner import EvalSpec, evaluate, load_model, merged_records
+    from segprune.eval.records import merged_records
+    from segprune.eval.runner import EvalSpec, evaluate
+    from segprune.models.load import load_model
 
     data = parse_data("shapes:0:3", queries_per_scene=2)  # 6 queries in 3 batches
     spec = EvalSpec("refseg", data, "tiny-random", FastVConfig(layer=1, keep_ratio=0.25), batch_size=2)
@@ -352,7 +357,7 @@ def test_two_evals_on_one_directory(tmp_path, capsys):
 
 
 def test_a_broken_image_mid_run_stops_with_one_line_and_keeps_the_records(files, tmp_path, capsys):
-    from segprune.eval.runner import merged_records
+    from segprune.eval.records import merged_records
 
     data = tmp_path / "reasonseg"
     shutil.copytree(files / "reasonseg" / "val", data / "val")

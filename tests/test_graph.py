@@ -9,25 +9,18 @@ import pytest
 import torch
 
 import segprune
-from conftest import EXAMPLES, HostSyncCounter
+from conftest import EXAMPLES, HostSyncCounter, method_names
 from segprune.graph import GraphedPrefill, _layout, _static, prefill
 from segprune.methods.replay import ReplayConfig
 from segprune.models import tiny_llava_inputs
 from segprune.patch.transformers_api import cache_kwargs, output_cache
 
 SEG = 7  # a text id used as [SEG] in these prompts
-# Methods whose forward can be captured: selection and scoring stay on the device.
-GRAPHABLE = {
-    "fastv": EXAMPLES["fastv"],
-    "pdrop": EXAMPLES["pdrop"],
-    "altp": EXAMPLES["altp"],
-    "csp-uniform-last": EXAMPLES["csp"],
-    # The CSP example with other clustering modes, scoring by [SEG].
-    "csp-seg_first-seg": dataclasses.replace(EXAMPLES["csp"], cluster="seg_first", score_token="seg"),
-    "csp-random-seg": dataclasses.replace(EXAMPLES["csp"], cluster="random", score_token="seg"),
-    "visionzip": EXAMPLES["visionzip"],
-    "prumerge": EXAMPLES["prumerge"],
-}
+# Methods whose forward can be captured: selection and scoring stay on the device (`sync_free`).
+GRAPHABLE = {name: EXAMPLES[name] for name in method_names() if EXAMPLES[name].sync_free}
+# The CSP example with other clustering modes, scoring by [SEG].
+GRAPHABLE["csp-seg_first-seg"] = dataclasses.replace(EXAMPLES["csp"], cluster="seg_first", score_token="seg")
+GRAPHABLE["csp-random-seg"] = dataclasses.replace(EXAMPLES["csp"], cluster="random", score_token="seg")
 
 
 def unpadded(model, batch=2, seed=1):

@@ -142,7 +142,7 @@ def test_blind_segmentation_never_runs_the_llava_tower(small_model):
 
     tower.forward, original = refuse, tower.forward
     try:
-        masks = segment_blind(model, [c.image for c in cases], [c.phrase for c in cases])
+        masks = segment_blind(model, [c.image for c in cases], [c.query for c in cases])
     finally:
         tower.forward = original
     assert [m.shape for m in masks] == [(336, 336)] * 4

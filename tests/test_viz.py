@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from segprune.viz import BOUNDARY, CLIP_MEAN, CLIP_STD, DIM, draw_kept, draw_regions, to_uint8
+from segprune.pixels import CLIP_MEAN, CLIP_STD
+from segprune.viz import BOUNDARY, DIM, draw_kept, draw_regions, to_uint8
 
 PIL = pytest.importorskip("PIL")
 

@@ -2,33 +2,31 @@
 
 import segprune
 segprune.prune_(model, segprune.FastVConfig(layer=2, keep_ratio=0.25))
+
+Names load on first use, so `import segprune` (and the command line's `--help`) needs no torch.
 """
 
-from segprune.graph import GraphedPrefill
-from segprune.methods import METHODS, ALTPConfig, CSPConfig, FastVConfig, MethodConfig, PDropConfig, TokenPlan
-from segprune.methods.prumerge import PruMergeConfig
-from segprune.methods.regions import masks_to_token_ids
-from segprune.methods.visionzip import VisionZipConfig
-from segprune.patch import prune_, pruning_config, stats, unprune
-from segprune.patch.state import PruneStats
+import lazy_loader
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "METHODS",
-    "ALTPConfig",
-    "CSPConfig",
-    "FastVConfig",
-    "GraphedPrefill",
-    "MethodConfig",
-    "PDropConfig",
-    "PruMergeConfig",
-    "PruneStats",
-    "TokenPlan",
-    "VisionZipConfig",
-    "masks_to_token_ids",
-    "prune_",
-    "pruning_config",
-    "stats",
-    "unprune",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "methods": [
+            "ALTPConfig",
+            "CSPConfig",
+            "FastVConfig",
+            "METHODS",
+            "MethodConfig",
+            "PDropConfig",
+            "PruMergeConfig",
+            "TokenPlan",
+            "VisionZipConfig",
+        ],
+        "methods.regions": ["masks_to_token_ids"],
+        "graph": ["GraphedPrefill"],
+        "patch": ["prune_", "pruning_config", "stats", "unprune"],
+        "patch.state": ["PruneStats"],
+    },
+)

@@ -33,12 +33,12 @@ import torch
 import segprune
 from segprune import flops
 from segprune.checks import check_int
-from segprune.methods import MethodConfig
-from segprune.methods.scale import scale_layers
+from segprune.methods import METHODS, MethodConfig
+from segprune.methods.scale import PAPER_LAYERS, PAPER_MODEL, scale_layers
 from segprune.outdir import check_out_dir
 
 DEMO_SEED = 3  # the scene is generate_split(1, DEMO_SEED)[0]
-N_IMAGE, PAPER_LAYERS, PRESET = 576, 32, "llava-1.5-7b-336"
+N_IMAGE, PRESET = 576, PAPER_MODEL
 BUDGETS = {"75%": 0.75, "90%": 0.90}  # segprune.eval.budgets.paper_config: 144 and 57 tokens left
 MASK_COLOUR = np.array([255, 0, 200], dtype=np.float32)
 
@@ -58,14 +58,12 @@ class DemoRow:
         return f"{stem}-{self.reduction.rstrip('%')}" if self.reduction else stem
 
 
-DEMO_METHODS = {
-    "FastV": "fastv",
-    "PDrop": "pdrop",
-    "ALTP": "altp",
-    "CSP": "csp",
-    "VisionZip": "visionzip",
-    "PruMerge+": "prumerge",
-}
+QUICK = ("fastv", "csp")  # `quick`: two methods, one that drops once and one in three stages
+
+
+def demo_methods() -> list[type[MethodConfig]]:
+    """Return every registered method in the demo's order (`display_order`, then name)."""
+    return sorted(METHODS.values(), key=lambda cls: (cls.display_order, cls.name))
 
 
 def demo_rows(quick: bool = False) -> list[DemoRow]:
@@ -75,11 +73,15 @@ def demo_rows(quick: bool = False) -> list[DemoRow]:
     rows = [DemoRow("Unpruned", "", None)]
     for name, reduction in BUDGETS.items():
         rows += [
-            DemoRow(label, name, paper_config(method, reduction, N_IMAGE, pdrop_rule="last_stage"))
-            for label, method in DEMO_METHODS.items()
+            DemoRow(
+                cls.label or cls.name,
+                name,
+                paper_config(cls.name, reduction, N_IMAGE, pdrop_rule="last_stage"),
+            )
+            for cls in demo_methods()
         ]
     if quick:
-        rows = [r for r in rows if r.config is None or (r.reduction == "90%" and r.label in ("FastV", "CSP"))]
+        rows = [r for r in rows if r.config is None or (r.reduction == "90%" and r.config.name in QUICK)]
     return rows
 
 
@@ -287,7 +289,7 @@ def _run_demo(out, model_path, scene_seed, query_index, repeats, quick, model, e
 
     scene, query = demo_scene(scene_seed, query_index)  # bad choices are refused before anything loads
     if model is None:
-        from segprune.eval.runner import loading
+        from segprune.models.load import loading
 
         with loading(model_path or "the bundled tiny model"):
             model = tiny(model_path)

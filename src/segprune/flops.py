@@ -20,6 +20,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from segprune import presets
 from segprune.checks import check_number
 
 __all__ = [
@@ -30,9 +31,7 @@ __all__ = [
     "FlopsReport",
     "ModelDims",
     "altp_fraction",
-    "csp_schedule",
     "decoder_flops",
-    "drop_schedule",
     "format_report",
     "layer_flops",
     "n_avg",
@@ -98,11 +97,10 @@ class ModelDims:
 
 
 PRESETS: dict[str, ModelDims] = {
-    "llava-1.5-7b-224": ModelDims(32, 4096, 11008, 256),
-    "llava-1.5-7b-336": ModelDims(32, 4096, 11008, 576),
-    "llava-1.5-13b-224": ModelDims(40, 5120, 13824, 256),
+    name: ModelDims(p.decoder.layers, p.decoder.hidden, p.decoder.intermediate, p.image_tokens)
+    for name, p in presets.PRESETS.items()
 }
-"""LLaVA-1.5 decoders (Vicuna-7B / 13B) with a CLIP ViT-L/14 tower at 224 or 336 px."""
+"""The decoders of `segprune.presets.PRESETS`: LLaVA-1.5 (Vicuna-7B / 13B), CLIP ViT-L/14 at 224 or 336 px."""
 
 
 def preset(name: str) -> ModelDims:
@@ -184,37 +182,12 @@ def altp_fraction(
 ) -> float:
     """Return the FLOPs of a pruned schedule as a fraction of the dense model, ALTP formula (Eq. 5).
 
-    For the schedule ``drop_schedule(dims, K, kept)`` this is ALTP's
-    ``(K f(n) + (T - K) f(n_hat)) / (T f(n))``, i.e. one minus the reduction ratio of Eq. 5.
+    For a one-shot schedule (``N`` tokens in the first ``K`` of ``T`` layers, ``n_hat`` after) this is
+    ALTP's ``(K f(n) + (T - K) f(n_hat)) / (T f(n))``, i.e. one minus the reduction ratio of Eq. 5.
     """
     dense = [dims.image_tokens] * dims.num_layers
     pruned = decoder_flops(live_image_tokens, dims, text_tokens, formula="altp")
     return pruned / decoder_flops(dense, dims, text_tokens, formula="altp")
-
-
-def csp_schedule(dims: ModelDims, lc: int, nc: float, ls: int, np_: float) -> tuple[float, ...]:
-    """Return per-layer live counts for a CSP config ``(Lc, Nc, Ls, Np)``.
-
-    ``Nc`` tokens for the first ``Lc`` layers, all ``N`` for the next ``Ls`` (scattering), then
-    ``Np`` for the remaining ``L - Lc - Ls`` layers.
-    """
-    for name, value in (("Lc", lc), ("Ls", ls)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if lc + ls > dims.num_layers:
-        raise ValueError(f"Lc + Ls must be at most num_layers={dims.num_layers}, got {lc} + {ls} = {lc + ls}")
-    _check_count("Nc", nc, dims.image_tokens)
-    _check_count("Np", np_, dims.image_tokens)
-    lp = dims.num_layers - lc - ls
-    return (nc,) * lc + (dims.image_tokens,) * ls + (np_,) * lp
-
-
-def drop_schedule(dims: ModelDims, k: int, kept: float) -> tuple[float, ...]:
-    """Return per-layer live counts for one-shot pruning (FastV / ALTP): ``N`` for K layers, then ``kept``."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k <= dims.num_layers:
-        raise ValueError(f"K must be an integer in [0, {dims.num_layers}], got {k!r}")
-    _check_count("kept", kept, dims.image_tokens)
-    return (dims.image_tokens,) * k + (kept,) * (dims.num_layers - k)
 
 
 @dataclass(frozen=True)

@@ -94,8 +94,8 @@ def _layout(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tenso
     adapter = _adapter(model)
     needs_seg = False
     if adapter is not None:
-        plan = adapter.config.plan(int(counts[0]), adapter.n_layers)
-        needs_seg = any(getattr(getattr(step, "score", None), "token", None) == "seg" for step in plan.steps)
+        adapter.config.plan(int(counts[0]), adapter.n_layers)  # a plan that does not fit raises here
+        needs_seg = adapter.config.needs_seg_token
         if needs_seg:
             if adapter.seg_token_id is None:
                 raise ValueError("the method scores by [SEG] attention: prune_(..., seg_token_id=...)")

@@ -1,4 +1,4 @@
-"""Output directories of `eval`, `sweep` and `train-tiny`: one writer at a time, and JSONL records.
+"""Output directories of `eval`, `sweep` and `train-tiny`: checked before use, one writer at a time.
 
     with locked(out):          # a second writer, in this process or another, is refused with our pid
         ...write into out...
@@ -12,11 +12,9 @@ writer that opened it just before lock a file no one else can see. Where `fcntl`
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 LOCK = ".lock"
 
@@ -71,30 +69,3 @@ def locked(out: str | Path) -> Iterator[Path]:
         yield out
     finally:
         os.close(fd)  # closing the descriptor drops the lock
-
-
-def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Return the records of a JSONL file and the byte length of its intact part.
-
-    A last line without its newline, or one that does not parse, is the one a killed run was
-    writing: it is left out. Any other line that does not parse is an error.
-    """
-    if not path.exists():
-        return [], 0
-    data = path.read_bytes()
-    records, good, start = [], 0, 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        if end < 0:
-            break  # cut off before its newline
-        line = data[start:end]
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if data[end + 1 :].strip():
-                    number = data.count(b"\n", 0, start) + 1
-                    raise ValueError(f"{path}: line {number} is not JSON") from None
-                break
-        start = good = end + 1
-    return records, good

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from segprune.pixels import CLIP_MEAN, CLIP_STD
+
 MIN_SIDE = 336  # small images are enlarged (nearest neighbour) to at least this many pixels a side
 DIM = 0.3  # brightness left to dropped patches
 BOUNDARY = (255, 214, 0)

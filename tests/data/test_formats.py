@@ -16,8 +16,6 @@ from pycocotools.cocoeval import COCOeval
 
 from segprune.data import COLOURS, generate_split
 from segprune.data.formats import (
-    decode_segmentation,
-    encode_rle,
     load_grandf,
     load_reasonseg,
     load_refcoco,
@@ -25,7 +23,13 @@ from segprune.data.formats import (
     write_reasonseg,
     write_refcoco,
 )
-from segprune.data.masks import fill_polygon, mask_to_polygons, paint_labelled_polygons
+from segprune.data.masks import (
+    decode_segmentation,
+    fill_polygon,
+    mask_to_polygons,
+    paint_labelled_polygons,
+    to_rle,
+)
 
 # pycocotools' decode warns on every call under numpy 2 (its array wrapper lacks the `copy` keyword);
 # upstream is unmaintained, and the warning says nothing about this code.
@@ -274,7 +278,7 @@ masks = st.integers(1, 9).flatmap(
 @settings(max_examples=200, deadline=None)
 @given(masks)
 def test_rle_and_polygons_are_exact(mask):
-    rle = encode_rle(mask)
+    rle = to_rle(mask)
     assert isinstance(rle["counts"], str)
     assert np.array_equal(decode_segmentation(rle, *mask.shape), mask)
     assert np.array_equal(decode_segmentation([rle], *mask.shape), mask)  # LISA's list of RLEs

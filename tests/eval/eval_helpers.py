@@ -10,7 +10,8 @@ from typing import Any
 
 from segprune import FastVConfig
 from segprune.eval.datasets import parse_data
-from segprune.eval.runner import EvalSpec, load_model
+from segprune.eval.runner import EvalSpec
+from segprune.models.load import load_model
 
 SPEC = EvalSpec(
     "refseg",

@@ -19,16 +19,10 @@ from eval_helpers import SPEC, centred_model, without_timing
 from segprune import FastVConfig, flops
 from segprune.cli import main
 from segprune.data.scene import QUERY_TYPES
-from segprune.eval.datasets import DataSpec, load_items, parse_data, pick_queries
-from segprune.eval.runner import (
-    ConfigMismatchError,
-    EvalSpec,
-    evaluate,
-    load_model,
-    merged_records,
-    read_records,
-)
-from segprune.eval.tasks import caption_text
+from segprune.eval.datasets import parse_data
+from segprune.eval.records import ConfigMismatchError, merged_records, read_records
+from segprune.eval.runner import EvalSpec, evaluate
+from segprune.models.load import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,52 +59,6 @@ def stop_after(n_batches: int):
             raise Stop
 
     return hook
-
-
-# -- data --------------------------------------------------------------------------------------
-
-
-def test_parse_data():
-    spec = parse_data("shapes:7:20", queries_per_scene=3)
-    assert spec.to_dict() == {
-        "source": "shapes",
-        "seed": 7,
-        "scenes": 20,
-        "queries_per_scene": 3,
-        "limit": None,
-    }
-    for bad, message in [
-        ("shapes:7", "shapes:SEED:N"),
-        ("shapes:1:0", "no scenes"),
-        ("/no/such/dir", "--format"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            parse_data(bad)
-    with pytest.raises(ValueError, match="does not apply"):
-        parse_data("shapes:0:1", "refcoco")
-    with pytest.raises(ValueError, match="task 'refseg' cannot read 'grandf'"):
-        load_items(DataSpec("grandf", path="captions.json"), "refseg")
-
-
-def test_queries_take_each_type_in_turn():
-    from segprune.data.shapes import generate_split
-
-    scene = generate_split(1, 0)[0]
-    picked = pick_queries(scene, 4, np.random.default_rng(0))
-    available = [t for t in QUERY_TYPES if any(q.type == t for q in scene.queries)]
-    assert [q.type for q in picked][: len(available)] == available
-    again = pick_queries(scene, 4, np.random.default_rng(0))
-    assert [q.text for q in picked] == [q.text for q in again]
-
-
-def test_samples_are_lazy_and_tagged():
-    items = load_items(parse_data("shapes:0:2", queries_per_scene=4), "refseg")
-    assert [i.sample_id for i in items[:2]] == ["shapes-0-000000/q0", "shapes-0-000000/q1"]
-    image, _, target, ignore, tags = items[0].load()
-    assert image.shape == (336, 336, 3) and target.shape == (336, 336) and ignore is None
-    assert tags[0].startswith("type:") and ("small" in tags) == (target.mean() < 0.01)
-    image, reference = load_items(parse_data("shapes:0:2"), "gcg")[1].load()
-    assert reference.image_id == "shapes-0-000001" and len(reference.phrases) == len(reference.masks) >= 3
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -162,7 +110,7 @@ def test_summary_is_rebuilt_from_records(reference):
 
 
 def test_a_one_batch_run_says_its_latency_includes_the_warm_up(reference):
-    from segprune.eval.commands import format_summary
+    from segprune.cli.eval import format_summary
     from segprune.eval.cost import latency_summary
 
     first_batch = [r for r in merged_records(reference[0]) if r["batch"]["index"] == 0]
@@ -239,10 +187,6 @@ def test_files_in_the_benchmarks_layouts(model, tmp_path):
     assert types <= {f"type:{t}" for t in QUERY_TYPES} and types
     with pytest.raises(ValueError, match="task 'refseg' cannot read 'grandf'"):
         EvalSpec("refseg", parse_data(str(captions), "grandf"), "tiny-random")
-
-
-def test_caption_text_drops_grounding_tags():
-    assert caption_text("A <p> red star </p> [SEG] and  <p> a ring </p>[SEG].") == "A red star and a ring ."
 
 
 def test_tiny_model_missing_is_a_clear_error(monkeypatch):

@@ -11,9 +11,9 @@ from segprune import METHODS, flops
 from segprune.cli import main
 from segprune.eval.budgets import achieved_reduction, config_for, paper_config, variants
 from segprune.eval.datasets import parse_data
-from segprune.eval.runner import load_model
 from segprune.eval.sweep import UNPRUNED, plan_sweep, run_sweep, select_labels
 from segprune.methods import CSPConfig
+from segprune.models.load import load_model
 
 # (layers, image tokens): LLaVA-1.5-7B-336, the tiny shapes model, the tiny random test model.
 SHAPES = [(32, 576), (8, 576), (4, 16)]
@@ -29,7 +29,7 @@ def one_thread():
 
 def reachable(method: str, reduction: float, layers: int, n: int) -> bool:
     """Whether the method's schedule can reach the reduction at all (its unpruned layers allow it)."""
-    if method in ("visionzip", "prumerge"):
+    if METHODS[method].prunes_before_decoder:
         return True  # every layer pruned
     # Layers that keep all N: before PDrop's first stage; FastV's / ALTP's K; CSP's one scattering layer.
     first = max(1, int((layers / 4 if method == "pdrop" else 2 * layers / 32) + 0.5))
@@ -70,7 +70,7 @@ def test_config_for_keeps_each_papers_schedule():
     assert config_for("pdrop", 0.5, 8, 576).layers == (2, 4, 6)
     csp = config_for("csp", 0.75, 32, 576)  # Table 6's 7B-336 row at 0.75 is (7, 64, 7, 16)
     assert (csp.cluster_layers, csp.scatter_layers, csp.prune_tokens) == (7, 7, 16)
-    live = flops.csp_schedule(flops.preset("llava-1.5-7b-336"), 7, csp.cluster_tokens, 7, 16)
+    live = csp.plan(576, 32).live_counts()
     assert flops.n_avg(live) == pytest.approx(144, abs=0.5)
     zip64 = config_for("visionzip", 1 - 64 / 576, 32, 576)
     assert (zip64.dominant, zip64.contextual) == (54, 10)  # VisionZip's own 64-token setting

@@ -17,7 +17,7 @@ from segprune.methods.allocate import (
     density,
     select_by_quota,
 )
-from segprune.methods.superpixels import region_stats
+from segprune.methods.regions import region_stats
 
 # -- hand-computed values -------------------------------------------------------------------------
 

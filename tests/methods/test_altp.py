@@ -7,9 +7,10 @@ import torch
 
 import segprune
 from segprune import ALTPConfig
-from segprune.methods.altp import CLIP_MEAN, CLIP_STD, ALTPSelector
+from segprune.methods.altp import ALTPSelector
 from segprune.methods.plan import AttentionScore, Keep, SelectContext
 from segprune.models import tiny_llava_inputs
+from segprune.pixels import CLIP_MEAN, CLIP_STD
 
 GRID = (24, 24)
 N = 576
@@ -47,7 +48,16 @@ def test_plan_is_one_fastv_style_drop_with_the_altp_selector():
     assert isinstance(step, Keep)
     assert (step.layer, step.count, step.score) == (3, 58, AttentionScore(2, "last"))
     assert step.select == ALTPSelector(
-        n_regions=7, compactness=5.0, sigma=1.0, alpha=1.5, allocation="ddc", superpixels="skimage"
+        ALTPConfig(
+            keep_ratio=0.1,
+            layer=3,
+            n_regions=7,
+            compactness=5.0,
+            sigma=1.0,
+            alpha=1.5,
+            allocation="ddc",
+            superpixels="skimage",
+        )
     )
     assert plan.live_counts() == [N] * 3 + [58] * 29
     assert ALTPConfig(keep_ratio=0.5).plan(57, 4).live_counts()[-1] == 29  # halves round up
@@ -91,7 +101,7 @@ def test_selector_errors_are_clear():
 def test_every_region_keeps_its_quota_of_best_tokens(superpixels, allocation):
     if superpixels == "skimage":
         pytest.importorskip("skimage")
-    select = ALTPSelector(allocation=allocation, superpixels=superpixels)
+    select = ALTPSelector(ALTPConfig(allocation=allocation, superpixels=superpixels))
     ctx = context(torch.cat([scene(0), scene(1)]))
     scores = torch.rand(2, N, generator=torch.Generator().manual_seed(0))
     kept = select(scores, all_live(2), 57, ctx)
@@ -117,7 +127,7 @@ def test_ddf_moves_tokens_to_the_textured_half_and_ddc_does_not():
     textured = torch.arange(N) % 24 >= 12
 
     def kept_in_texture(allocation: str) -> int:
-        kept = ALTPSelector(allocation=allocation)(scores, all_live(), 144, ctx)
+        kept = ALTPSelector(ALTPConfig(allocation=allocation))(scores, all_live(), 144, ctx)
         return int(textured[kept[0]].sum())
 
     ddf, ddc = kept_in_texture("ddf"), kept_in_texture("ddc")

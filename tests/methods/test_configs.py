@@ -9,7 +9,8 @@ import pytest
 
 from conftest import EXAMPLES, INVALID, method_names
 from segprune import METHODS, FastVConfig, MethodConfig, PDropConfig
-from segprune.methods import get_config_class
+from segprune.methods import ALTPConfig, CSPConfig, PruMergeConfig, VisionZipConfig, get_config_class
+from segprune.methods.plan import Keep
 
 
 @pytest.mark.parametrize("name", method_names())
@@ -74,3 +75,51 @@ def test_layers_must_fit_the_model():
         FastVConfig(layer=4).plan(16, 4)
     with pytest.raises(ValueError, match=r"PDropConfig.layers\[2\]=24 does not fit"):
         PDropConfig().plan(16, 20)
+
+
+# -- what each config says about itself agrees with its plan ----------------------------------------
+
+
+def _examples_and_defaults(name):
+    return [EXAMPLES[name], METHODS[name](), METHODS[name].keep_all()]
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_declared_needs_match_the_plan(name):
+    cls = METHODS[name]
+    assert cls.label and cls.variants(), "every method needs a display label and at least one sweep row"
+    for config in _examples_and_defaults(name):
+        try:
+            steps = config.plan(576, 32).steps
+        except ValueError:
+            steps = config.plan(16, 4).steps
+        scores = [s.score.token for s in steps if isinstance(s, Keep) and s.score is not None]
+        assert config.needs_seg_token == ("seg" in scores), config
+        merges = any(isinstance(s, Keep) and s.merge is not None for s in steps)
+        assert config.replayable == (not merges), config
+        if cls.prunes_before_decoder:
+            assert all(step.layer == 0 for step in steps), config
+        assert config.needs_vision_cls == bool(config.vision_layers())
+
+
+def test_what_methods_need_from_the_model():
+    assert ALTPConfig().needs_pixels and not FastVConfig().needs_pixels
+    assert CSPConfig().needs_pixels and not CSPConfig(cluster="uniform").needs_pixels  # Seg-First's regions
+    assert CSPConfig(cluster="cls").needs_vision_cls and VisionZipConfig().needs_vision_cls
+    assert not CSPConfig(score_token="last").needs_seg_token
+    assert CSPConfig.seg_free_fields == {"score_token": "last"} and FastVConfig.seg_free_fields == {}
+    assert ALTPConfig().sync_free and not ALTPConfig(superpixels="skimage").sync_free
+    assert PruMergeConfig(neighbours=0).replayable and not PruMergeConfig().replayable
+
+
+def test_scale_layers_needs_declared_layer_fields():
+    @dataclasses.dataclass(frozen=True)
+    class Undeclared(MethodConfig):
+        name = "undeclared"
+        layer: int = 2
+
+    with pytest.raises(ValueError, match=r"does not know the decoder-layer fields of method 'undeclared'"):
+        Undeclared().scale_layers(32, 8)
+    with pytest.raises(ValueError, match=r"no budget rule for method 'undeclared'"):
+        Undeclared.budget_fields(0.5, 32, 576)
+    assert Undeclared.paper_fields(0.5, 32, 576) is None and Undeclared.variants() == {"undeclared": {}}

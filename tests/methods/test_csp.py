@@ -249,7 +249,7 @@ def test_seg_first_from_pixel_masks_and_bad_ids(model, inputs):
 
 @torch.no_grad()
 def test_seg_first_default_instances_are_superpixels_each_represented(model, inputs):
-    from segprune.methods.altp import ALTPSelector
+    from segprune.methods.altp import image_regions
     from segprune.methods.plan import SelectContext
 
     config = CSPConfig(
@@ -264,6 +264,6 @@ def test_seg_first_default_instances_are_superpixels_each_represented(model, inp
     model(**inputs)
     kept = segprune.stats(model).kept_indices[0]
     context = SelectContext(n_image=N_IMAGE, grid=(4, 4), pixel_values=inputs["pixel_values"])
-    labels, _, _ = ALTPSelector(n_regions=4).regions(context)
+    labels, _, _ = image_regions(context, 4)
     for b in range(2):
         assert set(labels[b].tolist()) <= set(labels[b, kept[b]].tolist()), "a region got no token"

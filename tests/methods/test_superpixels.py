@@ -8,18 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from segprune.methods.regions import patch_view, region_stats, relabel, token_majority
 from segprune.methods.superpixels import (
     blurred_patch_means,
     gaussian_blur,
     grid_slic,
     merge_fragments,
-    patch_view,
-    region_stats,
-    relabel,
     rgb_to_lab,
     seed_lattice,
     skimage_slic,
-    token_majority,
 )
 
 skimage = pytest.importorskip("skimage")

@@ -381,7 +381,8 @@ def test_gcg_eval_of_a_converted_glamm(glamm, tmp_path):
     """`segprune eval --task gcg` on a converted GLaMM scores what the directly built model scores."""
     from segprune.eval.datasets import parse_data
     from segprune.eval.metrics import java_available
-    from segprune.eval.runner import EvalSpec, evaluate, merged_records
+    from segprune.eval.records import merged_records
+    from segprune.eval.runner import EvalSpec, evaluate
 
     model = speaking(glamm[0], ["<p>", "a", "man", "</p>", "[SEG]", "."])
     src = write_glamm(tmp_path / "src", glamm_state_dict(model, with_clip=False))

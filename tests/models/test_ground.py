@@ -8,7 +8,6 @@ from seg_helpers import ground_scripted, images
 
 import segprune
 from conftest import EXAMPLES, method_names
-from segprune.methods.plan import Keep
 from segprune.methods.replay import ReplayConfig
 
 GROUNDED = "<p> a man </p> [SEG] sits near <p> a small dog </p> [SEG] ."
@@ -81,11 +80,6 @@ def test_beam_search_is_refused(seg_model):
         seg_model.ground(images(), num_beams=2)
 
 
-def _replays(config) -> bool:
-    """Whether a replay of kept indices reproduces `config` (it does not carry merged states)."""
-    return not any(isinstance(s, Keep) and s.merge is not None for s in config.plan(16, 4).steps)
-
-
 @torch.no_grad()
 @pytest.mark.parametrize("name", [None, *method_names()])
 def test_ground_and_segment_use_the_same_seg_state(seg_model, name):
@@ -95,13 +89,13 @@ def test_ground_and_segment_use_the_same_seg_state(seg_model, name):
     config = EXAMPLES.get(name)
     if config is not None:
         image_only = all(step.layer == 0 for step in config.plan(16, 4).steps)
-        if not (_replays(config) or image_only):
+        if not (config.replayable or image_only):
             pytest.skip("merged states after layer 0 depend on the text: no replay reproduces them")
         segprune.prune_(seg_model, config)
     answers = ground_scripted(seg_model, images(), ["Sure , it is [SEG] ."] * 2, threshold=None)
     if config is not None:
         assert int(segprune.stats(seg_model).live_tokens.min()) < 16
-        if _replays(config):
+        if config.replayable:
             segprune.prune_(seg_model, ReplayConfig.from_stats(segprune.stats(seg_model)))
     query = seg_model.config.gcg_query
     masks = seg_model.segment(images(), [query] * 2, answer="Sure, it is [SEG].", threshold=None)

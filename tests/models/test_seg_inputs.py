@@ -8,6 +8,7 @@ import torch
 
 from segprune.models import seg_inputs
 from segprune.models.tiny_seg import TINY_WORDS
+from segprune.pixels import CLIP_MEAN, CLIP_STD
 
 
 def test_image_layouts_give_the_same_tensor():
@@ -45,7 +46,7 @@ def test_clip_pixels_crop_the_centre():
     image = torch.zeros(3, 20, 28, dtype=torch.uint8)
     image[:, :, :4] = 255  # a white band that resizes into columns 0..2 of 22: cropped away
     pixels = seg_inputs.clip_pixels([image], 16)
-    black = (0 - torch.tensor(seg_inputs.CLIP_MEAN)) / torch.tensor(seg_inputs.CLIP_STD)
+    black = (0 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
     assert pixels.shape == (1, 3, 16, 16)
     assert torch.allclose(pixels[0, :, :, 8], black.view(3, 1).expand(3, 16), atol=1e-6)
     squashed = seg_inputs.clip_pixels([image], 16, crop=False)

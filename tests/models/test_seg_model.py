@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -134,3 +135,35 @@ def test_bad_inputs_raise_clear_errors(seg_model):
             seg_model.segment(images(), QUERIES)
     finally:
         seg_model.tokenizer = tokenizer
+
+
+@torch.no_grad()
+def test_without_image_tokens_the_text_keeps_its_positions(seg_model):
+    """`image_tokens=False`: the LLM sees the text alone, numbered as with the image in place."""
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen.update(embeds=kwargs["inputs_embeds"], positions=kwargs["position_ids"])
+
+    full = seg_model._encode(
+        images(), [seg_model._prompt(q) + " " + seg_model.config.seg_answer for q in QUERIES]
+    )
+    llava = seg_model.config.llava_config
+    handle = seg_model.mllm.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        blind = seg_model.segment(images(), QUERIES, image_tokens=False, threshold=None)
+    finally:
+        handle.remove()
+    length = full["input_ids"].shape[1]
+    assert seen["embeds"].shape[:2] == (2, length - llava.image_seq_length)
+    for row in range(2):
+        ids, mask = full["input_ids"][row], full["attention_mask"][row]
+        kept = mask[ids != llava.image_token_id].bool()
+        positions = seen["positions"][row][kept].tolist()
+        # Real (unpadded) tokens before the image.
+        before = int((ids == llava.image_token_id).int().argmax() - (1 - mask).sum())
+        steps = [b - a for a, b in itertools.pairwise(positions)]
+        # One step over the image's span, every other step 1.
+        assert steps == [1] * (before - 1) + [llava.image_seq_length + 1] + [1] * (len(steps) - before)
+    # The LLM's input differs from the unpruned forward's, so the [SEG] state and the masks do too.
+    assert any((a - b).abs().max() > 0 for a, b in zip(blind, logits(seg_model), strict=True))

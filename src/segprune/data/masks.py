@@ -10,6 +10,10 @@ vertical steps only, so no outline segment crosses a pixel outside the mask.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
@@ -17,10 +21,61 @@ from pycocotools import mask as mask_utils
 # --- COCO masks -------------------------------------------------------------------------------
 
 
-def encode_rle(mask: np.ndarray) -> dict:
-    """Return the compressed COCO RLE of a bool mask, with `counts` as str so that it goes into JSON."""
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+def as_bool_mask(mask: Any, name: str = "mask") -> np.ndarray:
+    """Return `mask` (NumPy, torch or an RLE dict) as a NumPy bool array; values must already be 0/1."""
+    if isinstance(mask, Mapping):
+        return decode_rle(mask)
+    if hasattr(mask, "detach"):  # torch tensor, any dtype or device: check it where it lives
+        tensor = mask.detach()
+        binary = tensor != 0
+        exact = bool((tensor == binary).all())
+        binary = binary.cpu().numpy()
+    else:
+        array = np.asarray(mask)
+        binary = array.astype(bool)
+        exact = np.array_equal(binary, array)
+    # A cast alone would silently turn LISA's ignore label 255, or logits, into foreground.
+    if not exact:
+        raise ValueError(
+            f"{name} must be boolean or 0/1: threshold logits first (mask = logits > 0)"
+            " and pass ignored pixels separately (LISA marks them 255: ignore=target == 255)"
+        )
+    return binary
+
+
+def to_rle(mask: Any) -> dict[str, Any]:
+    """Return the compressed COCO RLE `{"size": [H, W], "counts": str}` of a mask (JSON-ready).
+
+    `mask` is a 0/1 array or tensor of shape `(H, W)`, or an RLE dict (an uncompressed one, with
+    `counts` a list as GLaMM's `mask_to_rle_*` write it, is compressed).
+    """
+    if isinstance(mask, Mapping):
+        height, width = (int(v) for v in mask["size"])
+        counts = mask["counts"]
+        if isinstance(counts, list):
+            counts = mask_utils.frPyObjects(dict(mask), height, width)["counts"]
+    else:
+        array = as_bool_mask(mask)
+        if array.ndim != 2:
+            raise ValueError(f"mask must be 2-D (H, W), got shape {array.shape}")
+        height, width = array.shape
+        counts = mask_utils.encode(np.asfortranarray(array.astype(np.uint8)))["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    return {"size": [height, width], "counts": counts}
+
+
+def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
+    """Return the `(H, W)` bool array of a COCO RLE dict."""
+    with warnings.catch_warnings():
+        # pycocotools' Cython array predates NumPy 2's `copy` keyword and warns on every decode.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(to_rle(rle)).astype(bool)
+
+
+def rle_area(rle: Mapping[str, Any]) -> int:
+    """Return the number of foreground pixels of a COCO RLE dict."""
+    return int(mask_utils.area(to_rle(rle)))
 
 
 def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:

@@ -1,23 +1,24 @@
 """Evaluation: metrics of the papers' protocols (`segprune.eval.metrics`), cost and the runner.
 
-- `runner`: `evaluate(model, EvalSpec(...), out_dir)`, resumable and sharded under torchrun.
+- `runner`: `evaluate(model, EvalSpec(...), out_dir)`, resumable and sharded under torchrun;
+  `records`: a run directory's config and JSONL records.
 - `datasets`: data specs (`parse_data("shapes:0:250")`, or files in RefCOCO/ReasonSeg/GranDf layouts).
+- `tasks`: the refseg (LISA) and gcg (GLaMM) protocols on one batch, and their accuracy.
 - `cost`: N_avg, TFLOPs and latency of a run; `budgets`: `config_for(method, reduction, L, N)`.
 - `sweep`: every method at every budget, a table and a plot. See docs/evaluation.md.
+
+Names load on first use, so a submodule that needs no torch (`datasets`, `records`) imports without it.
 """
 
-from segprune.eval.budgets import config_for
-from segprune.eval.datasets import DataSpec, parse_data
-from segprune.eval.runner import ConfigMismatchError, EvalSpec, evaluate, load_model
-from segprune.eval.sweep import run_sweep
+import lazy_loader
 
-__all__ = [
-    "ConfigMismatchError",
-    "DataSpec",
-    "EvalSpec",
-    "config_for",
-    "evaluate",
-    "load_model",
-    "parse_data",
-    "run_sweep",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "records": ["ConfigMismatchError"],
+        "datasets": ["DataSpec", "parse_data"],
+        "runner": ["EvalSpec", "evaluate"],
+        "budgets": ["config_for"],
+        "sweep": ["run_sweep"],
+    },
+)

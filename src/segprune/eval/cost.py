@@ -111,7 +111,7 @@ def _spread(values: np.ndarray) -> dict[str, float]:
 
 
 def environment(device: Any) -> dict[str, Any]:
-    """Return the software and machine a run measured on."""
+    """Return the software and machine a run measured on (what eval summaries and bench rows record)."""
     import torch
     import transformers
 
@@ -125,6 +125,6 @@ def environment(device: Any) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
     }
-    if torch.device(device).type == "cuda":
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

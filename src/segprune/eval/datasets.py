@@ -16,7 +16,7 @@ import functools
 import itertools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +103,58 @@ def parse_data(text: str, fmt: str | None = None, **options: Any) -> DataSpec:
 
 
 @dataclass(frozen=True)
-class RefItem:
-    """One referring query, loaded on demand: `load()` gives (image, query, target, ignore, tags)."""
+class RefSample:
+    """One referring query with its answer: the image, the query text, the target mask and its tags.
+
+    The one referring-sample type of evaluation (`load_items`) and of training's validation split
+    (`segprune.train.evaluate.validation_set`).
+
+    Attributes:
+        sample_id: unique within its data (records are resumed by it).
+        image: `(H, W, 3)` uint8.
+        query: the referring expression ("the red star") or ReasonSeg's sentence, not yet worded
+            as a question (`segprune.models.prompts.lisa_query` does that).
+        target: `(H, W)` bool mask of what the query refers to.
+        ignore: `(H, W)` bool mask of pixels left out of the counts (ReasonSeg's 255), or None.
+        tags: what the scores are grouped by: "type:<query type>", "small".
+    """
 
     sample_id: str
-    load: Callable[[], tuple[np.ndarray, str, np.ndarray, np.ndarray | None, list[str]]]
+    image: np.ndarray = field(repr=False)
+    query: str
+    target: np.ndarray = field(repr=False)
+    ignore: np.ndarray | None = field(default=None, repr=False)
+    tags: tuple[str, ...] = ()
+
+    @property
+    def type(self) -> str | None:
+        """The query type of the "type:" tag ("spatial", "sentence", ...), or None without one."""
+        return next((t.removeprefix("type:") for t in self.tags if t.startswith("type:")), None)
+
+
+@dataclass(frozen=True)
+class CaptionSample:
+    """One image to caption (gcg) with its reference `GCGAnnotation`: caption, phrases, one mask each."""
+
+    sample_id: str
+    image: np.ndarray = field(repr=False)
+    reference: Any
+
+
+@dataclass(frozen=True)
+class RefItem:
+    """One referring query, loaded on demand: `load()` gives its `RefSample`."""
+
+    sample_id: str
+    load: Callable[[], RefSample]
 
 
 @dataclass(frozen=True)
 class GCGItem:
-    """One image to caption, loaded on demand: `load()` gives (image, reference `GCGAnnotation`)."""
+    """One image to caption, loaded on demand: `load()` gives its `CaptionSample`."""
 
     sample_id: str
-    load: Callable[[], tuple[np.ndarray, Any]]
+    load: Callable[[], CaptionSample]
 
 
 def load_items(spec: DataSpec, task: str) -> Sequence[RefItem] | Sequence[GCGItem]:
@@ -127,13 +166,13 @@ def load_items(spec: DataSpec, task: str) -> Sequence[RefItem] | Sequence[GCGIte
     if spec.source == "shapes":
         if task == "refseg":
             items = [
-                RefItem(f"shapes-{spec.seed}-{i:06d}/q{k}", functools.partial(_shapes_query, spec, i, k))
+                RefItem(f"{_shapes_id(spec, i)}/q{k}", functools.partial(_shapes_query, spec, i, k))
                 for i in range(spec.scenes)
                 for k in range(spec.queries_per_scene)
             ]
         else:
             items = [
-                GCGItem(f"shapes-{spec.seed}-{i:06d}", functools.partial(_shapes_caption, spec, i))
+                GCGItem(_shapes_id(spec, i), functools.partial(_shapes_caption, spec, i))
                 for i in range(spec.scenes)
             ]
     else:
@@ -197,15 +236,15 @@ def pick_queries(scene: Scene, count: int, rng: np.random.Generator) -> list:
     return [order[k % len(order)] for k in range(count)]
 
 
-def _shapes_query(spec: DataSpec, index: int, k: int):
+def _shapes_query(spec: DataSpec, index: int, k: int) -> RefSample:
     scene = _scene(spec.seed, index)
     rng = np.random.default_rng([spec.seed, index, 1])  # the choice depends on the scene alone
     query = pick_queries(scene, spec.queries_per_scene, rng)[k]
-    tags = [f"type:{query.type}"] + (["small"] if _is_small(query.mask) else [])
-    return scene.image, query.text, query.mask, None, tags
+    tags = (f"type:{query.type}", *(["small"] if _is_small(query.mask) else []))
+    return RefSample(f"{_shapes_id(spec, index)}/q{k}", scene.image, query.text, query.mask, None, tags)
 
 
-def _shapes_caption(spec: DataSpec, index: int):
+def _shapes_caption(spec: DataSpec, index: int) -> CaptionSample:
     from segprune.eval.metrics import GCGAnnotation
 
     scene = _scene(spec.seed, index)
@@ -213,7 +252,11 @@ def _shapes_caption(spec: DataSpec, index: int):
     reference = GCGAnnotation(
         scene.scene_id, scene.caption.text, [p.text for p in phrases], [p.mask for p in phrases]
     )
-    return scene.image, reference
+    return CaptionSample(_shapes_id(spec, index), scene.image, reference)
+
+
+def _shapes_id(spec: DataSpec, index: int) -> str:
+    return f"shapes-{spec.seed}-{index:06d}"
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -229,7 +272,7 @@ def _read_image(path: Path) -> np.ndarray:
         raise ValueError(f"image {path} cannot be read: {err}") from None
 
 
-def _file_query(sample):
+def _file_query(sample: Any) -> RefSample:
     image = _read_image(sample.image_path)  # first: a broken image is named as such, not as a mask error
     target = sample.mask
     tags = ["small"] if _is_small(target) else []
@@ -237,15 +280,15 @@ def _file_query(sample):
         tags.insert(0, f"type:{sample.tags['type']}")
     elif "is_sentence" in sample.tags:  # ReasonSeg: LISA reports short and long queries apart
         tags.insert(0, "type:sentence" if sample.tags["is_sentence"] else "type:phrase")
-    return image, sample.query, target, sample.ignore, tags
+    return RefSample(sample.sample_id, image, sample.query, target, sample.ignore, tuple(tags))
 
 
-def _file_caption(sample):
+def _file_caption(sample: Any) -> CaptionSample:
     from segprune.eval.metrics import GCGAnnotation
 
     image = _read_image(sample.image_path)
     reference = GCGAnnotation(sample.sample_id, sample.caption, sample.phrases, sample.masks)
-    return image, reference
+    return CaptionSample(sample.sample_id, image, reference)
 
 
 def _is_small(mask: np.ndarray) -> bool:

@@ -5,12 +5,13 @@
     summary = evaluate(model, spec, "runs/fastv")
 
 A run directory holds `config.json` (what is evaluated, written first), one JSONL file of records
-per process (`samples.jsonl`, or `samples.rank{r}.jsonl` under torchrun) and `summary.json`.
-Records are appended and fsynced batch by batch, so a run stopped at any point resumes where it
-stopped: samples already recorded are skipped, a cut-off last line is dropped and recomputed.
-The data, the method (against this model) and the directory are checked before anything is
-written, and the run holds the directory's lock (`segprune.outdir.locked`): a second writer is
-refused instead of appending a second copy of every record.
+per process (`samples.jsonl`, or `samples.rank{r}.jsonl` under torchrun) and `summary.json`; the
+store itself is `segprune.eval.records`. Records are appended and fsynced batch by batch, so a
+run stopped at any point resumes where it stopped: samples already recorded are skipped, a
+cut-off last line is dropped and recomputed. The data, the method (against this model) and the
+directory are checked before anything is written, and the run holds the directory's lock
+(`segprune.outdir.locked`): a second writer is refused instead of appending a second copy of every
+record.
 
 Batches are fixed by position in the data (batch k holds samples k*B .. k*B+B-1) and a rank takes
 the batches k with k % world_size == rank. A sample's result therefore never depends on how many
@@ -20,30 +21,32 @@ processes ran, or on whether the run was interrupted: its batch always holds the
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from segprune import flops
-from segprune.checks import check_int, one_line
+from segprune.checks import check_int
 from segprune.eval import cost, tasks
 from segprune.eval.datasets import TASK_SOURCES, DataSpec, load_items
+from segprune.eval.records import Appender, claim, merged_records, recorded_ids, stored_config, write_summary
 from segprune.methods import MethodConfig
-from segprune.outdir import check_out_dir, locked, read_records
+from segprune.models.load import model_id
+from segprune.outdir import check_out_dir, locked
 
-CONFIG = "config.json"
-SUMMARY = "summary.json"
-MODELS = ("tiny", "tiny-random")
-SHOW_BARS_FROM = 2**30  # bytes of weights from which loading shows transformers' progress bars
-
-
-class ConfigMismatchError(ValueError):
-    """A run directory already holds a run of another configuration."""
+__all__ = [
+    "EvalSpec",
+    "PrefillProbe",
+    "distributed",
+    "evaluate",
+    "llava_config",
+    "rank_device",
+    "summarize",
+]
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class EvalSpec:
             )
         check_int("EvalSpec.batch_size", self.batch_size, 1)
         check_int("EvalSpec.max_new_tokens", self.max_new_tokens, 1)
-        if self.task == "gcg" and getattr(self.method, "score_token", None) == "seg":
+        if self.task == "gcg" and self.method is not None and self.method.needs_seg_token:
             # GCG's prompt holds no [SEG]: CSP would have no scoring token to rank by.
             raise ValueError(f"{type(self.method).__name__}.score_token='seg' cannot run gcg; use 'last'")
 
@@ -93,72 +96,6 @@ class EvalSpec:
         if self.task == "gcg":
             out["max_new_tokens"] = self.max_new_tokens
         return out
-
-
-def model_id(name: str) -> str:
-    """Return how a run records its model: the name of a built-in one, else the absolute path."""
-    return name if name in MODELS else str(Path(name).resolve())
-
-
-def load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Any:
-    """Load "tiny" (the bundled trained model), "tiny-random" (`tiny_seg_model()`) or a saved `SegModel`."""
-    import torch
-
-    from segprune import models
-
-    if name == "tiny-random":
-        model = models.tiny_seg_model()
-    elif name == "tiny":
-        try:
-            from segprune.models.tiny import tiny
-        except ImportError:
-            tiny = None
-        if not callable(tiny):
-            raise ValueError(
-                "this install has no bundled tiny model (segprune.models.tiny); "
-                "use --model tiny-random or the path of a saved SegModel"
-            )
-        try:
-            model = tiny()
-        except FileNotFoundError as err:  # the module is there, its weights are not (yet)
-            raise ValueError(str(err)) from None
-    else:
-        path = Path(name)
-        if not path.is_dir():
-            raise ValueError(f"model {name!r} is neither {' nor '.join(MODELS)} nor a SegModel directory")
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model directory {name!r} has no config.json; it is not a saved SegModel")
-        weights = sum(p.stat().st_size for p in path.glob("*") if p.suffix in (".safetensors", ".bin"))
-        # A bar for loading a few megabytes only clutters the output; a 7B checkpoint keeps its bar.
-        with loading(name), quiet_transformers(weights < SHOW_BARS_FROM):
-            model = models.SegModel.from_pretrained(name)
-    if dtype is not None:
-        model = model.to(getattr(torch, dtype))
-    return model.to(device).eval()
-
-
-@contextlib.contextmanager
-def loading(name: str | Path) -> Iterator[None]:
-    """Report any failure to load the model `name` in the block as one `ValueError` naming it."""
-    try:
-        yield
-    except Exception as err:  # cut-off, foreign or missing weight files raise a dozen types
-        raise ValueError(f"model {str(name)!r} cannot be loaded: {one_line(err)}") from err
-
-
-@contextlib.contextmanager
-def quiet_transformers(quiet: bool = True) -> Iterator[None]:
-    """Hide transformers' progress bars ("Loading weights", "Writing model shards") for the block."""
-    from transformers.utils import logging
-
-    shown = logging.is_progress_bar_enabled()
-    if quiet:
-        logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if quiet and shown:
-            logging.enable_progress_bar()
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -192,53 +129,6 @@ def _barrier(world: int) -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-# -- records ---------------------------------------------------------------------------------------
-
-
-def record_files(out: Path) -> list[Path]:
-    """Return the JSONL files of a run directory, one per process that wrote records."""
-    return sorted(out.glob("samples*.jsonl"))
-
-
-def _own_file(out: Path, rank: int, world: int) -> Path:
-    return out / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")
-
-
-def _claim(out: Path, config: dict[str, Any]) -> None:
-    """Record `config` in a new run directory, or check it against the directory's own."""
-    path = out / CONFIG
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not JSON ({err}); use another --out directory") from None
-        differences = _differences(stored, config)
-        if differences:
-            raise ConfigMismatchError(
-                f"{out} holds a run with another configuration ({'; '.join(differences)}); "
-                "use another --out directory, or remove this one to start over"
-            )
-        return
-    if record_files(out) or (out / SUMMARY).exists():
-        raise ConfigMismatchError(f"{out} holds results but no {CONFIG}; use another --out directory")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def _differences(stored: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(stored, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(stored) | set(new), key=str):
-            name = f"{prefix}.{key}" if prefix else str(key)
-            out += _differences(stored.get(key, "<absent>"), new.get(key, "<absent>"), name)
-        return out
-    if stored != new:
-        return [f"{prefix or 'config'}: {json.dumps(stored)} there, {json.dumps(new)} now"]
-    return []
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -330,19 +220,17 @@ def evaluate(
         # Rank 0 holds the lock for the whole run; the other ranks are part of the same run.
         with locked(out) if rank == 0 else contextlib.nullcontext():
             if rank == 0:
-                _claim(out, config)
+                claim(out, config)
             _barrier(world)
             if rank != 0:
-                _claim(out, config)
+                claim(out, config)
             _run(model, spec, out, items, rank, world, progress=progress, on_batch=on_batch)
             _barrier(world)
             if rank != 0:
                 return None
             summary = summarize(out, spec.task, model, n_items=len(items), captions=captions)
             summary["environment"]["world_size"] = world
-            tmp = out / (SUMMARY + ".tmp")
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            tmp.replace(out / SUMMARY)
+            write_summary(out, summary)
             return summary
     finally:
         unprune(model)
@@ -363,11 +251,7 @@ def _run(
     import torch
     from tqdm.auto import tqdm
 
-    done = {r["id"] for path in record_files(out) for r in read_records(path)[0]}
-    own = _own_file(out, rank, world)
-    _, intact = read_records(own)
-    if own.exists() and own.stat().st_size > intact:
-        os.truncate(own, intact)  # drop the cut-off line before appending after it
+    done = recorded_ids(out)
     todo = _batches_to_run(items, spec.batch_size, rank, world, done)
     device = next(model.parameters()).device
     n_layers = llava_config(model).text_config.num_hidden_layers
@@ -380,10 +264,9 @@ def _run(
         unit="sample",
         desc=f"{spec.task} {spec.method.name if spec.method else 'unpruned'}",
     )
-    with bar, open(own, "a") as f, PrefillProbe(model) as probe:
+    with bar, Appender(out, rank, world) as store, PrefillProbe(model) as probe:
         for n, (k, indices) in enumerate(todo):
             loaded = [items[i].load() for i in indices]
-            ids = [items[i].sample_id for i in indices]
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
@@ -400,7 +283,7 @@ def _run(
                 "device": str(device),
             }
             lines = []
-            for j, record in enumerate(tasks.score(spec.task, ids, loaded, outputs)):
+            for j, record in enumerate(tasks.score(spec.task, loaded, outputs)):
                 if record["id"] in done:
                     continue  # recorded before an interruption cut this batch short
                 extra = {
@@ -409,24 +292,11 @@ def _run(
                     "text_tokens": probe.text_tokens[j],
                     "batch": batch,
                 }
-                lines.append(json.dumps({"index": indices[j], **record, **extra}) + "\n")
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+                lines.append({"index": indices[j], **record, **extra})
+            store.append(lines)
             bar.update(len(lines))
             if on_batch is not None:
                 on_batch(n + 1)
-
-
-def merged_records(out: Path) -> list[dict[str, Any]]:
-    """Return the records of every process of a run, in data order; a sample recorded twice is an error."""
-    records: dict[str, dict[str, Any]] = {}
-    for path in record_files(out):
-        for record in read_records(path)[0]:
-            if record["id"] in records:
-                raise ValueError(f"sample {record['id']!r} is recorded twice in {out}")
-            records[record["id"]] = record
-    return sorted(records.values(), key=lambda r: r["index"])
 
 
 def summarize(out: Path, task: str, model: Any, *, n_items: int, captions: bool = False) -> dict[str, Any]:
@@ -436,7 +306,7 @@ def summarize(out: Path, task: str, model: Any, *, n_items: int, captions: bool 
     n_image = max((r["image_tokens"] for r in records), default=config.image_seq_length)
     dims = flops.ModelDims.from_config(config, n_image)
     return {
-        "config": json.loads((out / CONFIG).read_text()),
+        "config": stored_config(out),
         "samples": {"done": len(records), "total": n_items, "complete": len(records) == n_items},
         "accuracy": tasks.accuracy(task, records, captions=captions),
         "cost": cost.cost_summary(records, dims),

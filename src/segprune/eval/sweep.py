@@ -27,7 +27,7 @@ from segprune.eval.budgets import AXES, budget_config, check_budget, config_for,
 from segprune.eval.cost import SCALED_PRESET
 from segprune.eval.datasets import TASK_SOURCES, DataSpec
 from segprune.eval.runner import EvalSpec, distributed, evaluate, llava_config
-from segprune.methods import MethodConfig
+from segprune.methods import METHODS, MethodConfig
 from segprune.outdir import check_out_dir, locked
 
 __all__ = ["Cell", "config_for", "plan_sweep", "run_sweep", "sweep_tasks", "write_plot", "write_table"]
@@ -102,8 +102,8 @@ def plan_sweep(
         cells.append(Cell(task, UNPRUNED, None, None))
         for label in labels:
             method, overrides = rows[label]
-            if method == "csp" and task == "gcg":
-                overrides = {**overrides, "score_token": "last"}  # GCG's prompt holds no [SEG]
+            if task == "gcg":  # GCG's prompt holds no [SEG]
+                overrides = {**overrides, **METHODS[method].seg_free_fields}
             for reduction in reductions:
                 try:
                     config = budget_config(budget, method, reduction, n_layers, n_image, **overrides)

@@ -16,54 +16,44 @@ from typing import Any
 
 import numpy as np
 
+from segprune.models.prompts import lisa_query
+
 TASKS = ("refseg", "gcg")
-# LISA's validation wording (utils/dataset.py, ValDataset): phrases are asked about, sentences are
-# followed by the instruction.
-PHRASE_QUERY = "What is {text} in this image? Please output segmentation mask."
-SENTENCE_QUERY = "{text} Please output segmentation mask."
+__all__ = ["TASKS", "accuracy", "caption_text", "lisa_query", "predict", "score"]
 
 
-def lisa_query(text: str, tags: Sequence[str]) -> str:
-    """Return the query LISA asks for a referring expression (its sentence form for ReasonSeg sentences)."""
-    template = SENTENCE_QUERY if "type:sentence" in tags else PHRASE_QUERY
-    return template.format(text=text)
-
-
-def predict(model: Any, task: str, loaded: list[tuple], *, max_new_tokens: int) -> list[Any]:
-    """Run the model on one loaded batch: masks (refseg) or `GroundedAnswer`s (gcg)."""
-    images = [sample[0] for sample in loaded]
+def predict(model: Any, task: str, samples: Sequence[Any], *, max_new_tokens: int) -> list[Any]:
+    """Run the model on one batch: masks for `RefSample`s (refseg), `GroundedAnswer`s for `CaptionSample`s."""
+    images = [sample.image for sample in samples]
     if task == "refseg":
-        queries = [lisa_query(query, tags) for _, query, _, _, tags in loaded]
-        return model.segment(images, queries)
+        return model.segment(images, [lisa_query(s.query, s.tags) for s in samples])
     if task == "gcg":
         return model.ground(images, max_new_tokens=max_new_tokens)
     raise ValueError(f"unknown task {task!r}; valid: {list(TASKS)}")
 
 
-def score(task: str, ids: Sequence[str], loaded: list[tuple], outputs: list[Any]) -> list[dict[str, Any]]:
+def score(task: str, samples: Sequence[Any], outputs: Sequence[Any]) -> list[dict[str, Any]]:
     """Turn one batch's outputs into JSON-ready per-sample records (no cost or timing fields)."""
     from segprune.eval.metrics import GCGAnnotation, mask_counts
 
     records = []
-    for sample_id, sample, output in zip(ids, loaded, outputs, strict=True):
+    for sample, output in zip(samples, outputs, strict=True):
         if task == "refseg":
-            _, query, target, ignore, tags = sample
-            counts = mask_counts(output.cpu().numpy(), target, ignore=ignore)
-            record = {"query": query, "intersection": counts.intersection, "union": counts.union}
-            records.append({"id": sample_id, **record, "tags": list(tags)})
+            counts = mask_counts(output.cpu().numpy(), sample.target, ignore=sample.ignore)
+            record = {"query": sample.query, "intersection": counts.intersection, "union": counts.union}
+            records.append({"id": sample.sample_id, **record, "tags": list(sample.tags)})
         else:
-            _, reference = sample
             masks = output.masks.cpu().numpy()
             # A [SEG] without a phrase keeps its mask with an empty phrase: it counts for AP and mIoU.
             phrases = ["" if p is None else p for p in output.phrases]
-            prediction = GCGAnnotation(sample_id, caption_text(output.text), phrases, list(masks))
+            prediction = GCGAnnotation(sample.sample_id, caption_text(output.text), phrases, list(masks))
             records.append(
                 {
-                    "id": sample_id,
+                    "id": sample.sample_id,
                     "text": output.text,
                     "errors": list(output.errors),
                     "pred": prediction.to_dict(),
-                    "ref": reference.to_dict(),
+                    "ref": sample.reference.to_dict(),
                 }
             )
     return records

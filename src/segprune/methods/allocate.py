@@ -8,7 +8,9 @@ CUDA graph; budgets are Python ints because they fix output shapes.
 
 from __future__ import annotations
 
-import torch
+import lazy_loader
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 
 def density(variance: torch.Tensor, area: torch.Tensor) -> torch.Tensor:

@@ -2,39 +2,83 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import lazy_loader
 
 from segprune.methods.allocate import allocate, ddc_weights, ddf_weights, density, select_by_quota
 from segprune.methods.base import MethodConfig, check_fits, register
-from segprune.methods.fastv import keep_count
+from segprune.methods.counts import keep_count
+from segprune.methods.fastv import OneDropBudget
 from segprune.methods.plan import AttentionScore, Keep, SelectContext, TokenPlan
-from segprune.methods.superpixels import grid_slic, region_stats, seed_lattice, skimage_slic
+from segprune.methods.regions import region_stats
+from segprune.methods.superpixels import slic_regions
+from segprune.pixels import CLIP_MEAN, CLIP_STD
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 ALLOCATIONS = ("ddf", "ddc")
 SUPERPIXELS = ("grid", "skimage")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def image_regions(
+    context: SelectContext,
+    n_regions: int,
+    compactness: float = 5.0,
+    sigma: float = 1.0,
+    superpixels: str = "grid",
+    image_mean: tuple[float, ...] = CLIP_MEAN,
+    image_std: tuple[float, ...] = CLIP_STD,
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Return superpixels of the image the model saw, at the patch grid's resolution.
+
+    Returns `(labels (batch, N), a bound above every label, images (batch, 3, H, W) in [0, 1])`;
+    the pixels are `context.pixel_values` de-normalised with `image_mean` / `image_std`.
+    """
+    images = model_pixels(context, image_mean, image_std)
+    labels, n_labels = slic_regions(images, context.grid, n_regions, compactness, sigma, superpixels)
+    return labels, n_labels, images
+
+
+def model_pixels(
+    context: SelectContext, image_mean: tuple[float, ...], image_std: tuple[float, ...]
+) -> torch.Tensor:
+    """Return the model's pixels de-normalised to RGB in [0, 1], checked against the token grid."""
+    pixel_values = context.pixel_values
+    if pixel_values is None:
+        raise ValueError(
+            "ALTP needs the image: call the model with pixel_values (inputs_embeds-only calls "
+            "carry no pixels to cut into superpixels)"
+        )
+    if context.grid is None:
+        raise ValueError("ALTP needs the patch grid of the image tokens; the adapter gave none")
+    rows, cols = context.grid
+    if rows * cols != context.n_image:
+        raise ValueError(
+            f"ALTP: the {rows}x{cols} patch grid has {rows * cols} patches but the prompt holds "
+            f"{context.n_image} image tokens; ALTP needs one token per patch (no CLS token, no tiling)"
+        )
+    if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(
+            f"ALTP needs pixel_values of shape (batch, 3, H, W), got {tuple(pixel_values.shape)}"
+        )
+    x = pixel_values.float()
+    # Per-channel constants as Python floats: no host-to-device copy in the hot path.
+    channels = [x[:, c] * image_std[c] + image_mean[c] for c in range(3)]
+    return torch.stack(channels, dim=1).clamp(0, 1)
 
 
 @dataclass(frozen=True)
 class ALTPSelector:
     """Keep a per-region quota of the best-scoring live tokens (ALTP Algorithm 1, steps 1-3).
 
-    Regions are superpixels of the image the model saw (`context.pixel_values`, de-normalised with
-    `image_mean` / `image_std`), at the resolution of the patch grid (`context.grid`).
+    Regions are superpixels of the image the model saw (`context.pixel_values`), at the resolution
+    of the patch grid (`context.grid`), cut and weighted as `config` says.
     """
 
-    n_regions: int = 10
-    compactness: float = 5.0
-    sigma: float = 1.0
-    alpha: float = 1.5
-    allocation: str = "ddf"
-    superpixels: str = "grid"
-    image_mean: tuple[float, ...] = CLIP_MEAN
-    image_std: tuple[float, ...] = CLIP_STD
+    config: ALTPConfig = dataclasses.field(default_factory=lambda: ALTPConfig())
 
     def __call__(
         self, scores: torch.Tensor | None, live: torch.Tensor, count: int, context: SelectContext
@@ -50,14 +94,21 @@ class ALTPSelector:
         return live.gather(1, chosen)
 
     def regions(self, context: SelectContext) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """Return `(labels (batch, N), a bound above every label, images (batch, 3, H, W) in [0, 1])`."""
-        images = self.pixels(context)
-        if self.superpixels == "grid":
-            labels = grid_slic(images, context.grid, self.n_regions, self.compactness, self.sigma)
-            (_, _, seed_rows), (_, _, seed_cols) = seed_lattice(*images.shape[-2:], self.n_regions)
-            return labels, seed_rows * seed_cols, images
-        labels = skimage_slic(images, context.grid, self.n_regions, self.compactness, self.sigma)
-        return labels, int(labels.max()) + 1, images  # the CPU path has synced already
+        """Return `image_regions` of the context under this selector's config."""
+        c = self.config
+        return image_regions(
+            context,
+            c.n_regions,
+            float(c.compactness),
+            float(c.sigma),
+            c.superpixels,
+            c.image_mean,
+            c.image_std,
+        )
+
+    def pixels(self, context: SelectContext) -> torch.Tensor:
+        """Return `model_pixels` of the context, de-normalised with this selector's config."""
+        return model_pixels(context, self.config.image_mean, self.config.image_std)
 
     def quotas(
         self,
@@ -71,41 +122,16 @@ class ALTPSelector:
         """Return `(batch, n_labels)` long quotas summing to `count`, capped by each region's live tokens."""
         sizes = torch.zeros(labels.shape[0], n_labels, dtype=torch.long, device=labels.device)
         sizes.scatter_add_(1, live_labels, torch.ones_like(live_labels))
-        if self.allocation == "ddc":
+        if self.config.allocation == "ddc":
             return allocate(ddc_weights(sizes), sizes, count)
         variance, area = region_stats(images, labels, grid, n_labels)
         dense = density(variance, area)
-        return allocate(ddf_weights(dense, sizes > 0, self.alpha), sizes, count, rank_by=dense)
-
-    def pixels(self, context: SelectContext) -> torch.Tensor:
-        """Return the model's pixels de-normalised to RGB in [0, 1], checked against the token grid."""
-        pixel_values = context.pixel_values
-        if pixel_values is None:
-            raise ValueError(
-                "ALTP needs the image: call the model with pixel_values (inputs_embeds-only calls "
-                "carry no pixels to cut into superpixels)"
-            )
-        if context.grid is None:
-            raise ValueError("ALTP needs the patch grid of the image tokens; the adapter gave none")
-        rows, cols = context.grid
-        if rows * cols != context.n_image:
-            raise ValueError(
-                f"ALTP: the {rows}x{cols} patch grid has {rows * cols} patches but the prompt holds "
-                f"{context.n_image} image tokens; ALTP needs one token per patch (no CLS token, no tiling)"
-            )
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(
-                f"ALTP needs pixel_values of shape (batch, 3, H, W), got {tuple(pixel_values.shape)}"
-            )
-        x = pixel_values.float()
-        # Per-channel constants as Python floats: no host-to-device copy in the hot path.
-        channels = [x[:, c] * self.image_std[c] + self.image_mean[c] for c in range(3)]
-        return torch.stack(channels, dim=1).clamp(0, 1)
+        return allocate(ddf_weights(dense, sizes > 0, float(self.config.alpha)), sizes, count, rank_by=dense)
 
 
 @register
 @dataclass(frozen=True)
-class ALTPConfig(MethodConfig):
+class ALTPConfig(OneDropBudget, MethodConfig):
     """ALTP (Adaptive Local-Aware Token Pruning): FastV's drop with the budget split over superpixels.
 
     Before decoder layer `layer`, exactly round(keep_ratio * N) image tokens stay per sample: the
@@ -127,6 +153,9 @@ class ALTPConfig(MethodConfig):
     """
 
     name = "altp"
+    label = "ALTP"
+    display_order = 2
+    layer_fields = ("layer",)
     keep_ratio: float = 0.25
     layer: int = 2
     n_regions: int = 10
@@ -142,47 +171,36 @@ class ALTPConfig(MethodConfig):
         self.check_fraction("keep_ratio")
         self.check_int("layer", lo=1)
         self.check_int("n_regions", lo=1)
-        self._check_real("compactness", allow_zero=False)
-        self._check_real("sigma", allow_zero=True)
-        self._check_real("alpha", allow_zero=False)
+        self.check_real("compactness", allow_zero=False)
+        self.check_real("sigma", allow_zero=True)
+        self.check_real("alpha", allow_zero=False)
         self.check_choice("allocation", ALLOCATIONS)
         self.check_choice("superpixels", SUPERPIXELS)
-        self._check_triple("image_mean", positive=False)
-        self._check_triple("image_std", positive=True)
+        self.check_rgb("image_mean", positive=False)
+        self.check_rgb("image_std", positive=True)
 
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
         check_fits(self, "layer", self.layer, n_layers)
-        select = ALTPSelector(
-            n_regions=self.n_regions,
-            compactness=float(self.compactness),
-            sigma=float(self.sigma),
-            alpha=float(self.alpha),
-            allocation=self.allocation,
-            superpixels=self.superpixels,
-            image_mean=self.image_mean,
-            image_std=self.image_std,
+        step = Keep(
+            self.layer,
+            keep_count(self.keep_ratio, n_image),
+            ALTPSelector(self),
+            AttentionScore(self.layer - 1),
         )
-        step = Keep(self.layer, keep_count(self.keep_ratio, n_image), select, AttentionScore(self.layer - 1))
         return TokenPlan(n_image, n_layers, (step,))
 
     @classmethod
     def keep_all(cls) -> ALTPConfig:
         return cls(keep_ratio=1.0, layer=1)
 
-    def _check_real(self, field: str, allow_zero: bool) -> None:
-        value = getattr(self, field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{self._where(field)}={value!r} must be a finite number")
-        if value < 0 or (value == 0 and not allow_zero):
-            valid = "value >= 0" if allow_zero else "value > 0"
-            raise ValueError(f"{self._where(field)}={value!r} is out of range; valid: {valid}")
+    @property
+    def needs_pixels(self) -> bool:
+        return True
 
-    def _check_triple(self, field: str, positive: bool) -> None:
-        value = getattr(self, field)
-        numbers = isinstance(value, tuple) and len(value) == 3
-        numbers = numbers and all(
-            not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value
-        )
-        if not numbers or (positive and min(value) <= 0):
-            valid = "3 finite numbers > 0" if positive else "3 finite numbers"
-            raise ValueError(f"{self._where(field)}={value!r} is out of range; valid: {valid} (R, G, B)")
+    @property
+    def sync_free(self) -> bool:
+        return self.superpixels == "grid"  # skimage runs on CPU copies of the pixels
+
+    @classmethod
+    def variants(cls) -> dict[str, dict[str, Any]]:
+        return {f"altp-{a}": {"allocation": a} for a in ("ddc", "ddf")}

@@ -1,13 +1,21 @@
-"""Method configs: one validated dataclass per pruning method, and the registry that names them."""
+"""Method configs: one validated dataclass per pruning method, and the registry that names them.
+
+Everything other code needs to know about a method is on its config class (torchao's pattern):
+how its layer fields move to another depth (`scale_layers`), how it is set at a budget on each axis
+(`budget_fields`, `paper_fields`), its named sweep variants, its display label, and what it needs
+from a model. Code outside a method's own file reads these and never switches on method names.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, ClassVar
 
 from segprune.checks import check_choice, check_int, check_number
 from segprune.methods.plan import TokenPlan
+from segprune.methods.scale import scale_layer
 
 METHODS: dict[str, type[MethodConfig]] = {}
 
@@ -23,6 +31,12 @@ def register(cls: type[MethodConfig]) -> type[MethodConfig]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Remove the method registered as `name` (tests that register a throwaway method)."""
+    get_config_class(name)
+    del METHODS[name]
+
+
 def get_config_class(name: str) -> type[MethodConfig]:
     """Return the config class registered as `name`, or raise naming the valid names."""
     try:
@@ -36,10 +50,26 @@ class MethodConfig:
     """Base class of every method config: validation on construction, dict round-trip, a token plan.
 
     Subclasses are frozen dataclasses that set `name`, implement `validate()` (raise `ValueError`
-    through the `check_*` helpers) and `plan()`.
+    through the `check_*` helpers) and `plan()`, and describe themselves through the class
+    attributes and methods below; the defaults fit a method that prunes inside the decoder at the
+    layers named in `layer_fields`, from attention scores alone.
+
+    Class attributes:
+        name: the registry key, a lowercase identifier.
+        label: how tables and the demo name the method ("FastV"); the name when empty.
+        display_order: where the demo lists the method (lower first; ties by name).
+        layer_fields: int fields holding decoder-layer indices, moved by the default `scale_layers`.
+        prunes_before_decoder: every step acts before the language model (layer 0), so there are no
+            decoder layers to move to another depth.
+        seg_free_fields: field values that let the method run on a prompt without `[SEG]` (GCG).
     """
 
     name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    display_order: ClassVar[int] = 100
+    layer_fields: ClassVar[tuple[str, ...]] = ()
+    prunes_before_decoder: ClassVar[bool] = False
+    seg_free_fields: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         # JSON has no tuples: accept lists for tuple-typed fields so from_dict(to_dict(c)) == c.
@@ -60,6 +90,84 @@ class MethodConfig:
     def vision_layers(self) -> tuple[int, ...]:
         """Vision-encoder layers whose CLS attention or keys the plan reads (negative: from the end)."""
         return ()
+
+    # -- what the method needs from a model, and how it runs ----------------------------------
+
+    @property
+    def needs_vision_cls(self) -> bool:
+        """Whether the plan reads the vision tower's CLS row (attention or keys)."""
+        return bool(self.vision_layers())
+
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether a selector reads `pixel_values` (an `inputs_embeds`-only call cannot run it)."""
+        return False
+
+    @property
+    def needs_seg_token(self) -> bool:
+        """Whether the plan scores by `[SEG]` attention, so every prompt must hold `[SEG]`."""
+        return False
+
+    @property
+    def replayable(self) -> bool:
+        """Whether replaying the recorded live sets (`ReplayConfig`) reproduces the forward: false for
+        methods that merge tokens, whose kept tokens carry merged hidden states."""
+        return True
+
+    @property
+    def sync_free(self) -> bool:
+        """Whether a prefill makes one host synchronisation only (reading N), so it can be graphed."""
+        return True
+
+    # -- depth and budgets --------------------------------------------------------------------
+
+    def scale_layers(self, from_layers: int, to_layers: int) -> MethodConfig:
+        """Return this config with its decoder-layer fields mapped from `from_layers` to `to_layers` layers.
+
+        The default maps each of `layer_fields` with `scale_layer`; methods whose layers interact
+        (stages that must not collide) override it.
+        """
+        if self.prunes_before_decoder:
+            return self
+        if not self.layer_fields:
+            raise ValueError(
+                f"scale_layers does not know the decoder-layer fields of method {self.name!r}; "
+                f"set {type(self).__name__}.layer_fields or override scale_layers"
+            )
+        changes = {}
+        for field in self.layer_fields:
+            layer = scale_layer(getattr(self, field), from_layers, to_layers)
+            if layer >= to_layers:
+                raise ValueError(
+                    f"{type(self).__name__}.{field}={layer} does not fit a {to_layers}-layer decoder"
+                )
+            changes[field] = layer
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def budget_fields(cls, reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+        """Return the fields whose N_avg is (1 - `reduction`) * `n_image` in an `n_layers` decoder.
+
+        The N_avg axis (`segprune.eval.budgets.config_for`, which checks how close the result came).
+        """
+        raise ValueError(f"no budget rule for method {cls.name!r}; define {cls.__name__}.budget_fields")
+
+    @classmethod
+    def paper_fields(
+        cls, reduction: float, n_layers: int, n_image: int, **options: Any
+    ) -> dict[str, Any] | None:
+        """Return the fields the method's paper uses at `reduction` in its `n_layers` (32) decoder.
+
+        None: the paper gives no setting here, and `segprune.eval.budgets.paper_config` solves the
+        N_avg axis at that depth instead. `options` hold paper-axis rules of one method
+        (`pdrop_rule`); others ignore them.
+        """
+        return None
+
+    @classmethod
+    def variants(cls) -> dict[str, dict[str, Any]]:
+        """Return the sweep's rows of this method: label -> field overrides (default: one row)."""
+        return {cls.name: {}}
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict with the method name under "method"."""
@@ -112,6 +220,28 @@ class MethodConfig:
     def check_choice(self, field: str, choices: tuple[str, ...]) -> str:
         """Check that `field` is one of `choices`."""
         return check_choice(self._where(field), getattr(self, field), choices)
+
+    def check_real(self, field: str, allow_zero: bool) -> float:
+        """Check that `field` is a finite real number > 0 (>= 0 with `allow_zero`)."""
+        value = getattr(self, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{self._where(field)}={value!r} must be a finite number")
+        if value < 0 or (value == 0 and not allow_zero):
+            valid = "value >= 0" if allow_zero else "value > 0"
+            raise ValueError(f"{self._where(field)}={value!r} is out of range; valid: {valid}")
+        return value
+
+    def check_rgb(self, field: str, positive: bool) -> tuple[float, ...]:
+        """Check that `field` is 3 finite numbers (R, G, B), each > 0 with `positive`."""
+        value = getattr(self, field)
+        numbers = isinstance(value, tuple) and len(value) == 3
+        numbers = numbers and all(
+            not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value
+        )
+        if not numbers or (positive and min(value) <= 0):
+            valid = "3 finite numbers > 0" if positive else "3 finite numbers"
+            raise ValueError(f"{self._where(field)}={value!r} is out of range; valid: {valid} (R, G, B)")
+        return value
 
     def check_layers(self, field: str) -> tuple[int, ...]:
         """Check that `field` is a non-empty, strictly increasing tuple of layer indices >= 1."""

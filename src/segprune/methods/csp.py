@@ -3,17 +3,26 @@ kept by `[SEG]` attention (pruning)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
-import torch
+import lazy_loader
 
+from segprune import flops
 from segprune.methods.allocate import allocate, select_by_quota
-from segprune.methods.altp import ALTPSelector
+from segprune.methods.altp import image_regions
 from segprune.methods.base import MethodConfig, register
+from segprune.methods.counts import round_half_up
 from segprune.methods.plan import SCORE_TOKENS, AttentionScore, Keep, Reactivate, SelectContext, TokenPlan
+from segprune.methods.scale import PAPER_MODEL, scale_layer
 from segprune.methods.select import TopK
 
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
+
 CLUSTER_MODES = ("seg_first", "uniform", "random", "cls")
+# budget_fields: any split this close to the target counts as a hit, and the paper-like shape decides.
+EXACT = 0.005
 
 # Table 6 of the CSP paper: (Lc, Nc, Ls, Np) per model and image-token reduction.
 TABLE6: dict[str, dict[float, tuple[int, int, int, int]]] = {
@@ -85,7 +94,7 @@ class SegFirstSelector:
         """Return `(batch, N)` labels and their number; with caller masks, label N means "none"."""
         ids = context.instance_masks
         if ids is None:
-            labels, n_labels, _ = ALTPSelector(n_regions=self.n_regions).regions(context)
+            labels, n_labels, _ = image_regions(context, self.n_regions)
             return labels, n_labels
         n = context.n_image
         if bool(((ids < -1) | (ids >= n)).any()):
@@ -145,6 +154,9 @@ class CSPConfig(MethodConfig):
     """
 
     name = "csp"
+    label = "CSP"
+    display_order = 3
+    seg_free_fields: ClassVar[dict[str, Any]] = {"score_token": "last"}
     cluster_layers: int = 8
     cluster_tokens: int | None = 64
     scatter_layers: int = 6
@@ -168,6 +180,79 @@ class CSPConfig(MethodConfig):
 
     def vision_layers(self) -> tuple[int, ...]:
         return (-1,) if self.cluster == "cls" else ()
+
+    @property
+    def needs_pixels(self) -> bool:
+        # Seg-First falls back to superpixels when no detector is plugged in.
+        return self.cluster_layers > 0 and self.cluster == "seg_first"
+
+    @property
+    def needs_seg_token(self) -> bool:
+        return self.score_token == "seg"
+
+    def scale_layers(self, from_layers: int, to_layers: int) -> CSPConfig:
+        # Both boundaries move (the end of clustering and the end of scattering), keeping at least
+        # one scattering layer and one pruning layer after them.
+        cluster_end = scale_layer(self.cluster_layers, from_layers, to_layers)
+        scatter_end = max(
+            cluster_end + 1, scale_layer(self.cluster_layers + self.scatter_layers, from_layers, to_layers)
+        )
+        if scatter_end >= to_layers:
+            raise ValueError(
+                f"CSPConfig (Lc={self.cluster_layers}, Ls={self.scatter_layers}) maps to Lc + Ls = "
+                f"{scatter_end}, which leaves no pruning stage in a {to_layers}-layer decoder"
+            )
+        return dataclasses.replace(self, cluster_layers=cluster_end, scatter_layers=scatter_end - cluster_end)
+
+    @classmethod
+    def variants(cls) -> dict[str, dict[str, Any]]:
+        return {f"csp-{mode}": {"cluster": mode} for mode in CLUSTER_MODES}
+
+    @classmethod
+    def paper_fields(
+        cls, reduction: float, n_layers: int, n_image: int, **options: Any
+    ) -> dict[str, Any] | None:
+        """Table 6's 7B-336 setting for `reduction`; None where it has no row (or N is not 576)."""
+        row = next((row for r, row in TABLE6[PAPER_MODEL].items() if abs(r - reduction) < 1e-9), None)
+        if row is None or n_image != flops.preset(PAPER_MODEL).image_tokens:
+            return None
+        return dict(
+            zip(("cluster_layers", "cluster_tokens", "scatter_layers", "prune_tokens"), row, strict=True)
+        )
+
+    @classmethod
+    def budget_fields(cls, reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+        """(Lc, Nc, Ls, Np) with N_avg on target and the layer split closest to Table 6's (7B-336) row
+        for the nearest reduction, solving Nc or Np with the other scaled from that row."""
+        if n_layers < 3:
+            raise ValueError(f"csp needs at least 3 decoder layers (three stages), got {n_layers}")
+        table = TABLE6[PAPER_MODEL]
+        row = table[min(table, key=lambda r: abs(r - reduction))]
+        ref_dims = flops.preset(PAPER_MODEL)
+        lc_f, ls_f = row[0] / ref_dims.num_layers, row[2] / ref_dims.num_layers
+
+        def count(x: float) -> int:
+            return min(n_image, max(1, round_half_up(x)))
+
+        nc_ref = count(row[1] / ref_dims.image_tokens * n_image)
+        np_ref = count(row[3] / ref_dims.image_tokens * n_image)
+        target = (1 - reduction) * n_image * n_layers  # live tokens summed over layers
+        best: tuple | None = None
+        for lc in range(1, n_layers - 1):
+            for ls in range(1, n_layers - lc):
+                lp = n_layers - lc - ls
+                rest = target - ls * n_image
+                for nc, np_ in (
+                    (nc_ref, count((rest - lc * nc_ref) / lp)),
+                    (count((rest - lp * np_ref) / lc), np_ref),
+                ):
+                    error = abs(lc * nc + ls * n_image + lp * np_ - target) / (n_image * n_layers)
+                    shape = abs(lc / n_layers - lc_f) + abs(ls / n_layers - ls_f)
+                    key = (0.0 if error <= EXACT else error, shape, error)
+                    if best is None or key < best[0]:
+                        best = (key, lc, nc, ls, np_)
+        _, lc, nc, ls, np_ = best
+        return {"cluster_layers": lc, "cluster_tokens": nc, "scatter_layers": ls, "prune_tokens": np_}
 
     def _count(self, field: str, n_image: int) -> int:
         value = getattr(self, field)

@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from segprune.methods.base import MethodConfig, check_fits, register
+from segprune.methods.counts import keep_count, paper_count, ratio_for_count, round_half_up
 from segprune.methods.plan import AttentionScore, Keep, TokenPlan
+from segprune.methods.scale import PAPER_LAYERS
 from segprune.methods.select import TopK
 
-
-def round_half_up(x: float) -> int:
-    """Round to the nearest integer, halves up (Python's round() would send 28.5 to 28)."""
-    return int(x + 0.5)
+PAPER_LAYER = 2  # FastV's (and ALTP's) K on LLaVA-1.5-7B's 32 layers
 
 
-def keep_count(ratio: float, n: int) -> int:
-    """Return round(ratio * n), at least 1: the exact per-sample budget for a keep ratio."""
-    return max(1, round_half_up(ratio * n))
+def drop_layer(n_layers: int) -> int:
+    """Return FastV's K = 2 of the papers' 32 layers at the same relative depth of `n_layers` (at least 1)."""
+    return max(1, min(n_layers - 1, round_half_up(PAPER_LAYER * n_layers / PAPER_LAYERS)))
+
+
+class OneDropBudget:
+    """Budget rules of a method that drops once, at layer `layer`, to `keep_ratio` (FastV, ALTP)."""
+
+    @classmethod
+    def budget_fields(cls, reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+        """Return `layer` and `keep_ratio` of one drop at `drop_layer` with N_avg = (1 - reduction) * N."""
+        layer = drop_layer(n_layers)
+        # N_avg * L = K * N + (L - K) * kept
+        kept = ((1 - reduction) * n_image * n_layers - layer * n_image) / (n_layers - layer)
+        kept = min(n_image, max(1, round_half_up(kept)))
+        return {"layer": layer, "keep_ratio": ratio_for_count(kept, n_image)}
+
+    @classmethod
+    def paper_fields(cls, reduction: float, n_layers: int, n_image: int, **options: Any) -> dict[str, Any]:
+        """Return FastV's paper setting: K = 2, floor((1 - reduction) * N) tokens kept (ALTP Table 1)."""
+        return {"layer": PAPER_LAYER, "keep_ratio": ratio_for_count(paper_count(reduction, n_image), n_image)}
 
 
 @register
 @dataclass(frozen=True)
-class FastVConfig(MethodConfig):
+class FastVConfig(OneDropBudget, MethodConfig):
     """FastV (Chen et al., 2024).
 
     Attributes:
@@ -32,6 +50,9 @@ class FastVConfig(MethodConfig):
     """
 
     name = "fastv"
+    label = "FastV"
+    display_order = 0
+    layer_fields = ("layer",)
     layer: int = 2
     keep_ratio: float = 0.5
 

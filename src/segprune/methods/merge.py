@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
+import lazy_loader
 
 from segprune.methods.plan import SelectContext
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 
 def require(condition: torch.Tensor, summary: str, describe: Callable[[], str]) -> None:
@@ -76,7 +77,9 @@ def spread(candidates: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Return `(batch, m, n)` float32 cosine similarities between rows of `a` and rows of `b`."""
-    return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(1, 2)
+    return torch.nn.functional.normalize(a.float(), dim=-1) @ torch.nn.functional.normalize(
+        b.float(), dim=-1
+    ).transpose(1, 2)
 
 
 def assign_to_targets(keys: torch.Tensor, targets: torch.Tensor, members: torch.Tensor) -> torch.Tensor:

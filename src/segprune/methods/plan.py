@@ -13,9 +13,11 @@ Layer 0 means "before the language model": the first layer sees only the kept to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-import torch
+import lazy_loader
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 SCORE_TOKENS = ("last", "seg")
 
@@ -82,8 +84,8 @@ class SelectContext:
         pixel_values: the `(batch, 3, H, W)` pixels the vision tower saw (processor-normalised).
         generator: seeded from the config's `seed` at every prefill, for random selectors.
         vision: the vision tower's CLS attention and keys, when the config asked for layers.
-        instance_masks: `(batch, N)` long instance id per image token (-1: none), when the caller
-            passed masks to `segprune.set_instance_masks`; None otherwise.
+        instance_masks: `(batch, N)` long instance id per image token (-1: none), from the detector
+            the caller passed as `prune_(..., instance_masks=)`; None otherwise.
     """
 
     n_image: int
@@ -92,7 +94,6 @@ class SelectContext:
     generator: torch.Generator | None = None
     vision: VisionFeatures | None = None
     instance_masks: torch.Tensor | None = None
-    extra: dict[str, Any] | None = None
 
 
 class Merger(Protocol):

@@ -4,11 +4,12 @@ and merge each kept token with its nearest neighbours by key similarity."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import lazy_loader
 
 from segprune.methods.base import MethodConfig, register
-from segprune.methods.fastv import keep_count
+from segprune.methods.counts import keep_count, paper_count, ratio_for_count, total_count
 from segprune.methods.merge import (
     live_cls_attention,
     live_keys,
@@ -18,6 +19,8 @@ from segprune.methods.merge import (
     weighted_average,
 )
 from segprune.methods.plan import MERGE_SPACES, Keep, SelectContext, TokenPlan
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 # PruMerge takes CLS attention and keys from the vision tower's last layer, whose input is the
 # second-to-last layer's output: the features LLaVA projects.
@@ -142,6 +145,9 @@ class PruMergeConfig(MethodConfig):
     """
 
     name = "prumerge"
+    label = "PruMerge+"
+    display_order = 5
+    prunes_before_decoder = True
     plus: bool = True
     keep_ratio: float = 0.25
     neighbours: int = 32
@@ -167,3 +173,16 @@ class PruMergeConfig(MethodConfig):
     @classmethod
     def keep_all(cls) -> PruMergeConfig:
         return cls(keep_ratio=1.0, neighbours=0)
+
+    @property
+    def replayable(self) -> bool:
+        return self.neighbours == 0  # merged tokens carry neighbourhood averages, which a replay lacks
+
+    @classmethod
+    def budget_fields(cls, reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+        """PruMerge+ keeping exactly the target's tokens."""
+        return {"plus": True, "keep_ratio": ratio_for_count(total_count(reduction, n_image), n_image)}
+
+    @classmethod
+    def paper_fields(cls, reduction: float, n_layers: int, n_image: int, **options: Any) -> dict[str, Any]:
+        return {"plus": True, "keep_ratio": ratio_for_count(paper_count(reduction, n_image), n_image)}

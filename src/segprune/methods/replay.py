@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
+import lazy_loader
 
 from segprune.methods.base import MethodConfig
 from segprune.methods.plan import Keep, Reactivate, SelectContext, TokenPlan
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,17 +9,20 @@ K = 1 on 8 layers, PyramidDrop (8, 16, 24) becomes (2, 4, 6), and CSP's 7B-336 T
 of the shallow model holds what the same relative depth of the deep one holds, and the evaluation's
 7B-equivalent cost (`segprune.eval.cost.scale_schedule`, the inverse map) stays close to the paper
 setting's. Methods that prune before the decoder (VisionZip, PruMerge) have no decoder layers to map.
+Each config knows its own layer fields (`MethodConfig.scale_layers`); this module holds the rule.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from typing import TYPE_CHECKING
 
-from segprune.methods.base import MethodConfig
-from segprune.methods.fastv import round_half_up
+from segprune.methods.counts import round_half_up
 
-BEFORE_DECODER = ("visionzip", "prumerge")
-DROP_LAYER = ("fastv", "altp")  # one field, `layer`
+if TYPE_CHECKING:
+    from segprune.methods.base import MethodConfig
+
+PAPER_LAYERS = 32  # LLaVA-1.5-7B's decoder, on which the papers set their layers and budgets
+PAPER_MODEL = "llava-1.5-7b-336"  # the preset (`segprune.flops.preset`) of CSP Table 6 and ALTP Table 1
 
 
 def scale_layer(layer: int, from_layers: int, to_layers: int) -> int:
@@ -29,45 +32,14 @@ def scale_layer(layer: int, from_layers: int, to_layers: int) -> int:
     return max(1, round_half_up(layer * to_layers / from_layers))
 
 
-def scale_layers(config: MethodConfig, from_layers: int = 32, to_layers: int = 8) -> MethodConfig:
+def scale_layers(config: MethodConfig, from_layers: int = PAPER_LAYERS, to_layers: int = 8) -> MethodConfig:
     """Return `config` with its decoder-layer fields mapped from `from_layers` to `to_layers` layers.
 
     Raises `ValueError` when the mapped layers collide (two PyramidDrop stages on one layer) or no
-    longer fit the shallower decoder, and for a method whose layer fields this helper does not know.
+    longer fit the shallower decoder, and for a method whose layer fields are not declared.
     """
     if from_layers < 1 or to_layers < 1:
-        raise ValueError(f"from_layers={from_layers} and to_layers={to_layers} must be >= 1")
-    name = config.name
-
-    def scale(layer: int) -> int:
-        return scale_layer(layer, from_layers, to_layers)
-
-    if name in BEFORE_DECODER:
-        return config
-    if name in DROP_LAYER:
-        layer = scale(config.layer)
-        if layer >= to_layers:
-            raise ValueError(
-                f"{type(config).__name__}.layer={layer} does not fit a {to_layers}-layer decoder"
-            )
-        return dataclasses.replace(config, layer=layer)
-    if name == "pdrop":
-        layers = tuple(scale(layer) for layer in config.layers)
-        if len(set(layers)) != len(layers) or layers[-1] >= to_layers:
-            raise ValueError(
-                f"PDropConfig.layers={config.layers} map to {layers} on {to_layers} layers: stages collide "
-                "or do not fit; choose the stages by hand"
-            )
-        return dataclasses.replace(config, layers=layers)
-    if name == "csp":
-        cluster_end = scale(config.cluster_layers)
-        scatter_end = max(cluster_end + 1, scale(config.cluster_layers + config.scatter_layers))
-        if scatter_end >= to_layers:
-            raise ValueError(
-                f"CSPConfig (Lc={config.cluster_layers}, Ls={config.scatter_layers}) maps to Lc + Ls = "
-                f"{scatter_end}, which leaves no pruning stage in a {to_layers}-layer decoder"
-            )
-        return dataclasses.replace(
-            config, cluster_layers=cluster_end, scatter_layers=scatter_end - cluster_end
+        raise ValueError(
+            f"from_layers={from_layers} and to_layers={to_layers} are out of range; valid: both >= 1"
         )
-    raise ValueError(f"scale_layers does not know the decoder-layer fields of method {name!r}")
+    return config.scale_layers(from_layers, to_layers)

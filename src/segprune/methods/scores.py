@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import torch
+import lazy_loader
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 
 def attention_row(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+import lazy_loader
 
 from segprune.methods.plan import SelectContext
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 
 @dataclass(frozen=True)

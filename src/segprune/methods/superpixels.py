@@ -4,7 +4,9 @@ ALTP only needs to know which *tokens* form a region, so regions need be no fine
 grid. `grid_slic` runs SLIC's k-means directly on patches (one sample per patch: its mean colour in
 Lab and its position) in batched torch on the pixels' device; `skimage_slic` runs the reference
 pixel-level `skimage.segmentation.slic` on CPU and gives each token the region that holds most of
-its pixels. Both return `(batch, N)` labels 0..K-1 with no empty label.
+its pixels. Both return `(batch, N)` labels 0..K-1 with no empty label; `slic_regions` picks one by name.
+Helpers that work on tokens and regions rather than pixels (patch views, majority labels, region
+statistics) live in `segprune.methods.regions`.
 
 `grid_slic` follows skimage's conventions so that `n_regions`, `compactness` and `sigma` mean the
 same thing in both: each image is min-max rescaled to [0, 1] and smoothed with a Gaussian of
@@ -17,27 +19,17 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
+import lazy_loader
+
+from segprune.methods.regions import one_hot, relabel, token_majority
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 SLIC_ITERS = 10  # skimage's default max_num_iter
 MIN_SIZE_FACTOR = 0.5  # skimage's default: fragments under half a region's expected size are folded
 # A finite penalty for patches outside a centre's search window: a patch outside every window (a
 # rare case once centres move) still joins the least distant centre instead of none.
 _OUTSIDE_WINDOW = 1e8
-
-
-def patch_view(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Return `(batch, N, C, p_h * p_w)`: the pixels of each patch, patches in row-major token order."""
-    batch, channels, height, width = images.shape
-    rows, cols = grid
-    if height % rows or width % cols:
-        raise ValueError(
-            f"image of {height}x{width} pixels does not divide into the {rows}x{cols} patch grid"
-        )
-    ph, pw = height // rows, width // cols
-    x = images.reshape(batch, channels, rows, ph, cols, pw).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(batch, rows * cols, channels, ph * pw)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -91,7 +83,7 @@ def blurred_patch_means(images: torch.Tensor, grid: tuple[int, int], sigma: floa
     def combined(size: int) -> torch.Tensor:
         # The patch average (a box) convolved with the Gaussian: size + 2 * radius taps.
         box = images.new_full((1, 1, size), 1.0 / size)
-        return F.conv1d(box, gauss.view(1, 1, -1), padding=2 * pad).flatten()
+        return torch.nn.functional.conv1d(box, gauss.view(1, 1, -1), padding=2 * pad).flatten()
 
     return _separable(
         images, combined(height // rows), combined(width // cols), (height // rows, width // cols)
@@ -111,11 +103,11 @@ def _separable(
     # Correlate with kernel_h along H, then kernel_w along W, each over a mirrored border.
     channels = images.shape[1]
     x = _mirror(images, (kernel_h.shape[0] - stride[0]) // 2, dim=2)
-    x = F.conv2d(
+    x = torch.nn.functional.conv2d(
         x, kernel_h.view(1, 1, -1, 1).expand(channels, 1, -1, 1), stride=(stride[0], 1), groups=channels
     )
     x = _mirror(x, (kernel_w.shape[0] - stride[1]) // 2, dim=3)
-    return F.conv2d(
+    return torch.nn.functional.conv2d(
         x, kernel_w.view(1, 1, 1, -1).expand(channels, 1, 1, -1), stride=(1, stride[1]), groups=channels
     )
 
@@ -159,18 +151,6 @@ def seed_lattice(height: int, width: int, n_regions: int) -> tuple[tuple[int, in
         start, stride = int(step // 2), max(1, round(step))
         out.append((start, stride, len(range(start, size, stride))))
     return tuple(out)
-
-
-def one_hot(labels: torch.Tensor, n_labels: int) -> torch.Tensor:
-    """Return float `(..., n_labels)` indicators of `labels` (a comparison: no range check, no host sync)."""
-    return (labels[..., None] == torch.arange(n_labels, device=labels.device)).float()
-
-
-def relabel(labels: torch.Tensor, n_labels: int) -> torch.Tensor:
-    """Renumber `(batch, N)` labels in 0..n_labels-1 to 0..K_b-1 per sample, keeping their order."""
-    used = torch.zeros(labels.shape[0], n_labels, dtype=torch.long, device=labels.device)
-    used.scatter_(1, labels, 1)
-    return (used.cumsum(dim=1) - 1).gather(1, labels)
 
 
 def grid_slic(
@@ -398,46 +378,21 @@ def skimage_slic(
     return relabel(tokens, int(tokens.max()) + 1).to(images.device)
 
 
-def token_majority(
-    pixel_labels: torch.Tensor, grid: tuple[int, int], n_labels: int | None = None
-) -> torch.Tensor:
-    """Return `(batch, N)`: the most frequent label among each patch's pixels (ties: the lower label).
-
-    Args:
-        pixel_labels: `(batch, H, W)` long, non-negative.
-        grid: `(rows, cols)` of the patch grid; tokens in row-major order.
-        n_labels: an upper bound on the labels; read from the labels when omitted (a host sync).
-    """
-    per_patch = patch_view(pixel_labels[:, None], grid)[:, :, 0]  # (batch, N, pixels per patch)
-    if n_labels is None:
-        n_labels = int(pixel_labels.max()) + 1
-    votes = one_hot(per_patch, n_labels).sum(dim=2)
-    return votes.argmax(dim=-1)  # argmax returns the first maximum
-
-
-def region_stats(
-    images: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int], n_labels: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the colour variance and the area fraction of each region, each `(batch, n_labels)`.
-
-    A region is the union of its tokens' patches. The variance is over all the region's pixels,
-    per RGB channel, averaged over the channels; the area is its share of the image's pixels (equal
-    patches make that its share of tokens). Absent labels get 0 for both.
-
-    Args:
-        images: `(batch, 3, H, W)` RGB in [0, 1].
-        labels: `(batch, N)` long region of each token, in 0..n_labels-1.
-    """
-    patches = patch_view(images.float(), grid)  # (batch, N, 3, P)
-    mean = patches.mean(dim=-1)
-    within = patches.var(dim=-1, unbiased=False)
-    member = one_hot(labels, n_labels)  # (batch, N, R)
-    count = member.sum(dim=1)  # (batch, R)
-    safe = count.clamp(min=1)[..., None]
-    # Law of total variance over equal-size patches: the mean within-patch variance plus the
-    # variance of the patch means, which avoids E[x^2] - E[x]^2 over raw pixels.
-    region_mean = member.transpose(1, 2) @ mean / safe
-    region_within = member.transpose(1, 2) @ within / safe
-    region_square = member.transpose(1, 2) @ mean.square() / safe
-    variance = (region_within + (region_square - region_mean.square()).clamp(min=0)).mean(dim=-1)
-    return variance, count / labels.shape[1]
+def slic_regions(
+    images: torch.Tensor,
+    grid: tuple[int, int],
+    n_regions: int,
+    compactness: float,
+    sigma: float,
+    superpixels: str = "grid",
+) -> tuple[torch.Tensor, int]:
+    """Return `(batch, N)` token labels by `grid_slic` ("grid") or `skimage_slic` ("skimage") and a
+    bound above every label (the seed count for "grid", so that path reads nothing on the host)."""
+    if superpixels == "grid":
+        labels = grid_slic(images, grid, n_regions, compactness, sigma)
+        (_, _, seed_rows), (_, _, seed_cols) = seed_lattice(*images.shape[-2:], n_regions)
+        return labels, seed_rows * seed_cols
+    if superpixels == "skimage":
+        labels = skimage_slic(images, grid, n_regions, compactness, sigma)
+        return labels, int(labels.max()) + 1  # the CPU path has synced already
+    raise ValueError(f"superpixels={superpixels!r} is not valid; valid: ['grid', 'skimage']")

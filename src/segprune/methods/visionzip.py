@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import lazy_loader
 
 from segprune.methods.base import MethodConfig, register
+from segprune.methods.counts import paper_count, round_half_up, total_count
 from segprune.methods.merge import (
     assign_to_targets,
     live_cls_attention,
@@ -16,6 +18,8 @@ from segprune.methods.merge import (
     weighted_average,
 )
 from segprune.methods.plan import MERGE_SPACES, Keep, SelectContext, TokenPlan
+
+torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 # LLaVA feeds the projector the output of the vision tower's second-to-last layer; VisionZip ranks
 # by that layer's CLS attention and groups by that layer's keys.
@@ -47,6 +51,12 @@ def visionzip_groups(
         own = torch.arange(n, device=attention.device).expand(batch, n)
         return torch.where(remaining, -1, own)
     return assign_to_targets(keys, spread(remaining, contextual), remaining)
+
+
+def split_visionzip(count: int) -> dict[str, Any]:
+    """Return VisionZip's own split of 64 tokens, 54 dominant : 10 contextual, for `count` tokens."""
+    contextual = round_half_up(count * 10 / 64)
+    return {"dominant": count - contextual, "contextual": contextual}
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,9 @@ class VisionZipConfig(MethodConfig):
     """
 
     name = "visionzip"
+    label = "VisionZip"
+    display_order = 4
+    prunes_before_decoder = True
     dominant: int | None = 54
     contextual: int = 10
     merge_space: str = "vision"
@@ -145,3 +158,15 @@ class VisionZipConfig(MethodConfig):
     @classmethod
     def keep_all(cls) -> VisionZipConfig:
         return cls(dominant=None, contextual=0)
+
+    @property
+    def replayable(self) -> bool:
+        return self.contextual == 0  # merged tokens carry group means, which a replay of indices lacks
+
+    @classmethod
+    def budget_fields(cls, reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:
+        return split_visionzip(total_count(reduction, n_image))
+
+    @classmethod
+    def paper_fields(cls, reduction: float, n_layers: int, n_image: int, **options: Any) -> dict[str, Any]:
+        return split_visionzip(paper_count(reduction, n_image))

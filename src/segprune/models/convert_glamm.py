@@ -20,7 +20,8 @@ import os
 from typing import Any
 
 from segprune.models.convert import LLAVA_V1_SYSTEM, CheckpointFamily, convert, image_marker
-from segprune.models.seg_model import GCG_QUERY, SegModelConfig
+from segprune.models.prompts import GCG_QUERY
+from segprune.models.seg_model import SegModelConfig
 
 REGION_TOKEN = "<bbox>"
 

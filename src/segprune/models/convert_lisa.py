@@ -16,7 +16,8 @@ from segprune.models.convert import (
     convert,
     image_marker,
 )
-from segprune.models.seg_model import GCG_QUERY, SegModelConfig
+from segprune.models.prompts import GCG_QUERY
+from segprune.models.seg_model import SegModelConfig
 
 __all__ = ["LISA", "ConversionError", "convert_lisa"]
 

@@ -33,12 +33,7 @@ from transformers import (
 
 from segprune.models import seg_inputs
 from segprune.models.gcg import GroundedAnswer, parse_grounded
-
-LLAVA_PROMPT = "USER: <image>\n{query} ASSISTANT:"
-GCG_QUERY = (
-    "Could you please give me a detailed description of the image? Please respond with interleaved "
-    "segmentation masks for the corresponding parts of the answer."
-)
+from segprune.models.prompts import GCG_QUERY, LLAVA_PROMPT
 
 
 class SegModelConfig(PretrainedConfig):
@@ -245,24 +240,43 @@ class SegModel(PreTrainedModel):
         *,
         answer: str | None = None,
         threshold: float | None = 0.0,
+        image_tokens: bool = True,
     ) -> list[torch.Tensor]:
         """Segment what each query refers to: one `(H, W)` bool mask per image, at its original size.
 
         One teacher-forced forward over prompt + `answer` (default `config.seg_answer`, which holds
-        `[SEG]`). With `threshold=None` the float mask logits are returned instead.
+        `[SEG]`). With `threshold=None` the float mask logits are returned instead. With
+        `image_tokens=False` no image token reaches the LLM (the blind baseline: how much the LLM
+        reads its image tokens): the text runs alone, at the positions it has with the image in
+        place, and the LLaVA tower does not run; SAM still sees the image.
         """
         texts = [
             self._prompt(q) + " " + (self.config.seg_answer if answer is None else answer) for q in queries
         ]
         batch = self._encode(images, texts)
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        out = self.mllm.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=seg_inputs.positions(attention_mask),
-            pixel_values=batch["pixel_values"],
-            use_cache=False,
-        )
+        positions = seg_inputs.positions(attention_mask)
+        if image_tokens:
+            hidden_states = self.mllm.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                pixel_values=batch["pixel_values"],
+                use_cache=False,
+            ).last_hidden_state
+        else:
+            text = input_ids != self.config.llava_config.image_token_id
+            n, n_text = len(texts), int(text[0].sum())  # every prompt holds one image's tokens
+            input_ids, attention_mask, positions = (
+                t[text].view(n, n_text) for t in (input_ids, attention_mask, positions)
+            )
+            language_model = self.mllm.model.language_model
+            hidden_states = language_model(
+                inputs_embeds=language_model.embed_tokens(input_ids),
+                attention_mask=attention_mask,
+                position_ids=positions,
+                use_cache=False,
+            ).last_hidden_state
         is_seg = input_ids == self._seg_id()
         if not bool(is_seg.any(dim=1).all()):
             raise ValueError(
@@ -272,7 +286,7 @@ class SegModel(PreTrainedModel):
         # LISA (model/LISA.py, `input_ids[:, 1:] == seg_token_idx`) reads the state one token before
         # [SEG]: the one whose logits predict [SEG], the same state `ground` keeps while decoding.
         rows = torch.arange(len(first), device=first.device)
-        hidden = out.last_hidden_state[rows, first - 1][:, None]
+        hidden = hidden_states[rows, first - 1][:, None]
         low_res = self.decode_masks(self.sam.get_image_embeddings(batch["sam_pixels"]), hidden)
         masks = [self._to_original(low_res[b], batch["sam"], b)[0] for b in range(len(first))]
         return masks if threshold is None else [m > threshold for m in masks]

@@ -24,11 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from segprune.models.prompts import PHRASE_QUERY
 from segprune.models.seg_inputs import SPECIAL_TOKENS, word_tokenizer
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "tiny-shapes"
-# LISA's RefCOCO wording (`utils/refer_seg_dataset.py`), which the model is trained on.
-REFER_TEMPLATE = "What is {phrase} in this image? Please output segmentation mask."
 # Words of the prompts and answers that the shapes data does not produce itself.
 PROMPT_WORDS = (
     "USER", "ASSISTANT", ":", "What", "is", "in", "this", "image", "Please", "output", "segmentation",
@@ -40,7 +39,7 @@ VOCAB_SCENES = 300  # scenes scanned for words: every query template occurs many
 
 def refer_query(phrase: str) -> str:
     """Return the referring-segmentation question for a phrase ("the red star"), as LISA words it."""
-    return REFER_TEMPLATE.format(phrase=phrase)
+    return PHRASE_QUERY.format(text=phrase)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from segprune import flops
 from segprune.methods.base import MethodConfig
-from segprune.methods.plan import Keep, SelectContext, TokenPlan
+from segprune.methods.plan import Keep, SelectContext
 from segprune.methods.scores import attention_row
 from segprune.patch.state import ForwardState, PruneStats, StaticLayout
 from segprune.patch.transformers_api import TransformersAPI
@@ -554,9 +554,3 @@ def find_llava(model: nn.Module) -> nn.Module | None:
         if isinstance(module, LlavaModel):
             return module
     return None
-
-
-def plan_for(model: nn.Module, config: MethodConfig, n_image: int) -> TokenPlan:
-    """Return the plan `config` would run on `model` for `n_image` image tokens."""
-    llava = find_llava(model)
-    return config.plan(n_image, llava.language_model.config.num_hidden_layers)

@@ -7,24 +7,13 @@ Names are loaded on first use, so `segprune.train.config` (what the command line
 flags) imports without torch.
 """
 
-from __future__ import annotations
+import lazy_loader
 
-import importlib
-from typing import Any
-
-_NAMES = {
-    "TrainConfig": "segprune.train.config",
-    "learning_rate": "segprune.train.config",
-    "train": "segprune.train.loop",
-    "evaluate_refseg": "segprune.train.evaluate",
-    "segment_blind": "segprune.train.evaluate",
-    "validation_set": "segprune.train.evaluate",
-}
-
-__all__ = sorted(_NAMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _NAMES:
-        raise AttributeError(f"module 'segprune.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_NAMES[name]), name)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["TrainConfig", "learning_rate"],
+        "loop": ["train"],
+        "evaluate": ["evaluate_refseg", "segment_blind", "validation_set"],
+    },
+)

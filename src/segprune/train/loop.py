@@ -28,9 +28,10 @@ import torch
 
 from segprune.checks import check_device, check_int, one_line
 from segprune.data.shapes import generate_scene
-from segprune.eval.runner import quiet_transformers
+from segprune.eval.records import read_records
+from segprune.models.load import quiet_transformers
 from segprune.models.tiny import TinyDims, build_tiny
-from segprune.outdir import check_out_dir, contents, locked, read_records
+from segprune.outdir import check_out_dir, contents, locked
 from segprune.train.config import SAME_ON_RESUME, TrainConfig, learning_rate
 from segprune.train.evaluate import VAL_SEED, evaluate_refseg, validation_set
 from segprune.train.objective import AuxHeads, check_loss_weights, compute_losses

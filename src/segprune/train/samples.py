@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from segprune.checks import check_fields, check_int, check_number
-from segprune.data.scene import COLOURS, SHAPES, SIZE_WORDS, Scene
+from segprune.data.scene import COLOURS, QUERY_TYPES, SHAPES, SIZE_WORDS, Scene
 from segprune.models import seg_inputs
 from segprune.models.tiny import refer_query
 
@@ -76,9 +76,6 @@ class TaskMix:
         """Build a mix from a dict of field overrides (`--mix`), naming any unknown field."""
         check_fields("TaskMix", data, [f.name for f in fields(cls)])
         return cls(**data)
-
-
-QUERY_TYPES = ("attribute", "spatial", "superlative", "reasoning")
 
 
 @dataclass

@@ -7,6 +7,7 @@
 Exact definitions and the differences from the reference code: docs/metrics.md.
 """
 
+from segprune.data.masks import as_bool_mask, decode_rle, rle_area, to_rle
 from segprune.eval.metrics.captions import (
     CorpusScore,
     JavaNotFoundError,
@@ -28,7 +29,7 @@ from segprune.eval.metrics.gcg import (
     mask_ap50,
     match_phrases,
 )
-from segprune.eval.metrics.masks import as_bool_mask, decode_rle, pairwise_iou, rle_area, to_rle
+from segprune.eval.metrics.masks import pairwise_iou
 from segprune.eval.metrics.refseg import IoUCounts, RefSegAccumulator, RefSegScores, mask_counts, mask_iou
 from segprune.eval.metrics.text import (
     BertMeanPooling,

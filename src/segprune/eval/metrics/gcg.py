@@ -14,10 +14,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from segprune.eval.metrics._deps import import_optional
+from segprune.data.masks import rle_area, to_rle
 from segprune.eval.metrics.captions import caption_scores
-from segprune.eval.metrics.masks import SMALL_FRACTION, Mask, pairwise_iou, rle_area, to_rle
+from segprune.eval.metrics.masks import SMALL_FRACTION, Mask, pairwise_iou
 from segprune.eval.metrics.text import TextSimilarity, default_text_similarity
 
 
@@ -176,8 +178,6 @@ def mask_ap50(
     fractions of each image: ground truths covering `small_fraction` of their image or more are
     ignored, and so are detections that large unless they match a small ground truth.
     """
-    coco_module = import_optional("pycocotools.coco")
-    cocoeval_module = import_optional("pycocotools.cocoeval")
     pairs = _align(predictions, references)
     images, gt_anns, dt_anns = [], [], []
     for pred, ref in pairs:
@@ -204,11 +204,11 @@ def mask_ap50(
     if not dt_anns:
         return 0.0  # COCO's precision is 0 everywhere; loadRes cannot take an empty list
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco_gt = coco_module.COCO()
+        coco_gt = COCO()
         coco_gt.dataset = {"images": images, "annotations": gt_anns, "categories": [{"id": 1}]}
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(dt_anns)
-        evaluator = cocoeval_module.COCOeval(coco_gt, coco_dt, iouType="segm")
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
         evaluator.params.catIds = [1]
         if small_fraction is not None:
             image_area = {image["id"]: image["height"] * image["width"] for image in images}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from segprune.eval.metrics.masks import as_bool_mask
+from segprune.data.masks import as_bool_mask
 
 ALL = "all"
 

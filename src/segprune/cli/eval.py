@@ -1,7 +1,5 @@
-"""The `segprune eval` and `segprune sweep` subcommands: their flags and handlers.
-
-Nothing heavy is imported until a handler runs, so `segprune --help` stays quick.
-"""
+"""`segprune eval`: one model, pruned or not, on referring segmentation or GCG; and the run flags that
+`eval` and `sweep` share (model, data, output, device)."""
 
 from __future__ import annotations
 
@@ -9,14 +7,23 @@ import argparse
 import json
 from typing import Any
 
-from segprune.cli import add_config_flags, comma_separated, config_from_args
-from segprune.methods import METHODS, MethodConfig
+from segprune.cli.flags import add_method_flags, dataclass_from_args
 
-TASK_CHOICES = ("refseg", "gcg")
+TASKS = ("refseg", "gcg")
+DATA_FLAGS = (
+    "queries_per_scene",
+    "dataset",
+    "split",
+    "split_by",
+    "image_dir",
+    "mask_json",
+    "all_texts",
+    "limit",
+)
 
 
-def add_parsers(sub: Any, method: type[MethodConfig] | None) -> None:
-    """Add `eval` and `sweep` to the `segprune` subparsers; `method` adds its config's flags to `eval`."""
+def add_parser(sub: Any, method: Any) -> None:
+    """Add `eval` to the `segprune` subcommands; `method` (a config class) adds its fields' flags."""
     p = sub.add_parser(
         "eval",
         help="evaluate a segmentation model, pruned or not, on referring segmentation or GCG",
@@ -26,50 +33,14 @@ def add_parsers(sub: Any, method: type[MethodConfig] | None) -> None:
         "TFLOPs, latency). Under torchrun --nproc-per-node K the data is sharded over K processes. "
         "See docs/evaluation.md.",
     )
-    _add_common(p)
-    p.add_argument("--task", required=True, choices=TASK_CHOICES)
-    p.add_argument("--method", choices=sorted(METHODS), help="pruning method; omit for the unpruned model")
-    if method is not None:
-        add_config_flags(p, method)
-    p.set_defaults(run=cmd_eval)
-
-    p = sub.add_parser(
-        "sweep",
-        help="evaluate every pruning method at several budgets; write a table and a plot",
-        description="For each method variant (ALTP ddc/ddf, each CSP clustering mode, ...) and each target "
-        "image-token reduction, derive the method's config for this model's depth (--budget; "
-        "segprune.eval.budgets), run `eval` into OUT/<task>/<method>/<reduction>/ "
-        "(resumable), then write OUT/table.md and OUT/plot.png. See docs/evaluation.md.",
-    )
-    _add_common(p)
-    p.add_argument(
-        "--tasks", type=comma_separated(), help="comma-separated tasks (default: all the data supports)"
-    )
-    p.add_argument(
-        "--methods",
-        type=comma_separated(),
-        help="comma-separated methods or variants, e.g. fastv,altp,csp-uniform (default: all)",
-    )
-    p.add_argument(
-        "--reductions",
-        type=comma_separated(float),
-        default=(0.5, 0.75, 0.9),
-        help="comma-separated image-token reductions (default: 0.5,0.75,0.9)",
-    )
-    from segprune.eval.budgets import BUDGETS
-
-    p.add_argument(
-        "--budget",
-        choices=BUDGETS,
-        default="paper",
-        help="paper: each method as the papers set it on LLaVA-1.5-7B at that reduction (ALTP Table 1's "
-        "tokens left, CSP Table 6), layers mapped to the model's depth; navg: equal N_avg in the model "
-        "(default: paper)",
-    )
-    p.set_defaults(run=cmd_sweep)
+    add_run_flags(p)
+    p.add_argument("--task", required=True, choices=TASKS)
+    add_method_flags(p, method)
+    p.set_defaults(run=run)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Add the flags of a run (model, data, output, device, batching) that `eval` and `sweep` share."""
     p.add_argument(
         "--model", required=True, help="tiny (the bundled model), tiny-random, or a SegModel directory"
     )
@@ -99,76 +70,38 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=int, help="evaluate only the first N samples")
 
 
-def _data(args: argparse.Namespace) -> Any:
+def data_spec(args: argparse.Namespace) -> Any:
+    """Return the `DataSpec` the run flags describe (bad values raise before any model loads)."""
     from segprune.eval.datasets import parse_data
 
-    keys = (
-        "queries_per_scene",
-        "dataset",
-        "split",
-        "split_by",
-        "image_dir",
-        "mask_json",
-        "all_texts",
-        "limit",
-    )
-    return parse_data(args.data, args.format, **{k: getattr(args, k) for k in keys})
+    return parse_data(args.data, args.format, **{k: getattr(args, k) for k in DATA_FLAGS})
 
 
-def _load(args: argparse.Namespace) -> Any:
+def load(args: argparse.Namespace) -> Any:
+    """Join the process group (under torchrun) and load `--model` on this rank's device."""
     from segprune.checks import check_device
-    from segprune.eval.runner import distributed, load_model, rank_device
+    from segprune.eval.runner import distributed, rank_device
+    from segprune.models.load import load_model
 
     distributed()  # join the process group before touching a GPU, so each rank takes its own
     return load_model(args.model, check_device(rank_device(args.device)), args.dtype)
 
 
-def cmd_eval(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
+def run(args: argparse.Namespace, cls: Any) -> int:
+    """Evaluate `--model` on `--data`, write OUT/summary.json and print its headline numbers."""
     from segprune.eval.datasets import load_items
     from segprune.eval.runner import EvalSpec, evaluate
     from segprune.outdir import check_out_dir
 
     check_out_dir(args.out)
-    config = config_from_args(cls, args) if cls is not None else None
-    spec = EvalSpec(args.task, _data(args), args.model, config, args.batch_size, args.max_new_tokens)
+    config = dataclass_from_args(cls, args) if cls is not None else None
+    spec = EvalSpec(args.task, data_spec(args), args.model, config, args.batch_size, args.max_new_tokens)
     load_items(spec.data, spec.task)  # bad data is refused before a model of minutes loads
-    model = _load(args)
+    model = load(args)
     summary = evaluate(model, spec, args.out, captions=args.captions, progress=not args.quiet)
     if summary is not None:
         print(format_summary(summary))
         print(f"wrote {args.out}/summary.json")
-    return 0
-
-
-def cmd_sweep(args: argparse.Namespace, cls: type[MethodConfig] | None) -> int:
-    from segprune.checks import check_reductions
-    from segprune.eval.runner import distributed
-    from segprune.eval.sweep import run_sweep, select_labels, sweep_tasks
-    from segprune.outdir import check_out_dir
-
-    check_out_dir(args.out)
-    data = _data(args)
-    # What run_sweep checks too, here before a model of minutes loads.
-    sweep_tasks(args.tasks, data)
-    select_labels(args.methods)
-    check_reductions(args.reductions)
-    model = _load(args)
-    run_sweep(
-        model,
-        args.model,
-        data,
-        args.out,
-        tasks=args.tasks,
-        methods=args.methods,
-        reductions=args.reductions,
-        budget=args.budget,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        captions=args.captions,
-        progress=not args.quiet,
-    )
-    if distributed()[0] == 0:
-        print(f"wrote {args.out}/table.md and {args.out}/plot.png")
     return 0
 
 
@@ -184,7 +117,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     else:
         rows.append(("gcg", "  ".join(f"{k} {v:.4f}" for k, v in acc.items() if isinstance(v, float))))
     if cost:
-        scaled = cost["llava-1.5-7b-336"]
+        from segprune.eval.cost import SCALED_PRESET
+
+        scaled = cost[SCALED_PRESET]
         rows.append(("N_avg", f"{cost['n_avg']:.2f} of {cost['image_tokens']}"))
         rows.append(("TFLOPs", f"{cost['tflops']:.4g} (dense {cost['dense_tflops']:.4g})"))
         rows.append(
