@@ -1,11 +1,14 @@
 """Paired comparisons between sweep cells, from their per-sample records (docs/results.md).
 
     python benchmarks/sweep_report.py runs/shapes-val [--reductions 0.75,0.9] [--base fastv,pdrop,blind]
+    python benchmarks/sweep_report.py runs/new --against runs/old [--reductions 0.75,0.9]
 
 For each reduction, every method row against each base row on the same referring queries: the
 mean per-query IoU difference (gIoU points) with a 95% bootstrap interval over queries (paired,
 2,000 resamples, seed 0), over all queries and over small targets only (< 1% of the image); and
-for GCG the per-image difference in mask recall at IoU >= 0.5 ignoring phrases. Prints Markdown.
+for GCG the per-image difference in mask recall at IoU >= 0.5 ignoring phrases. With `--against`,
+each refseg row instead against the same row of another run directory (new minus old, per query),
+beside both gIoUs. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -66,12 +69,31 @@ def fmt(stats: tuple[float, float, float, int]) -> str:
     return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
+def against(new: Path, old: Path, reductions: list[str]) -> None:
+    """Print each refseg row of `new` beside the same row of `old`: both gIoUs and the paired difference."""
+    print("| row | reduction | old gIoU | new gIoU | new − old (points, 95% CI) | queries |")
+    print("| --- | --- | ---: | ---: | --- | ---: |")
+    for row in sorted(p.name for p in (new / "refseg").iterdir()):
+        for r in ["dense"] if row in DENSE else reductions:
+            a, b = new / "refseg" / row / r, old / "refseg" / row / r
+            if not (a / "summary.json").exists() or not (b / "summary.json").exists():
+                continue
+            ia, ib = refseg_ious(a), refseg_ious(b)
+            stats = paired(ia, ib)
+            giou = [100 * float(np.mean([v[0] for v in x.values()])) for x in (ib, ia)]
+            print(f"| {row} | {r} | {giou[0]:.1f} | {giou[1]:.1f} | {fmt(stats)} | {stats[3]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--reductions", default="0.75,0.9")
     parser.add_argument("--base", default="fastv,pdrop")
+    parser.add_argument("--against", type=Path, help="another run directory: compare each row with its own")
     args = parser.parse_args()
+    if args.against is not None:
+        against(args.out, args.against, [f"{float(r):g}" for r in args.reductions.split(",")])
+        return
     bases = args.base.split(",")
     for reduction in args.reductions.split(","):
         r = f"{float(reduction):g}"

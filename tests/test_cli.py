@@ -240,3 +240,10 @@ def test_data_commands_print_scenes_and_write_a_split(tmp_path, capsys):
     assert capsys.readouterr().out == f"wrote 1 scenes to {tmp_path / 'val'}\n"
     assert main(["data", "write", "coco", str(tmp_path)]) == 2
     assert "invalid choice: 'coco'" in capsys.readouterr().err
+
+
+def test_format_choices_are_the_readers_formats():
+    from segprune.cli.eval import FORMATS
+    from segprune.eval.datasets import FORMATS as READERS
+
+    assert FORMATS == READERS

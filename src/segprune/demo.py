@@ -131,12 +131,13 @@ def run_row(model: Any, row: DemoRow, image: np.ndarray, query: Any) -> DemoResu
     text = refer_query(query.text)
     mask = model.segment([image], [text])[0]
     dims = flops.ModelDims.from_config(model.mllm.config, N_IMAGE)
+    # Prompt and answer count as prefill text whether segment() runs them as one forward or the
+    # answer after a prompt-only prefill (score_token="prompt"), so every row counts them.
+    prompt = model._encode([image], [model._prompt(text) + " " + model.config.seg_answer])
+    text_tokens = int(prompt["attention_mask"].sum()) - N_IMAGE
     if tiny_config is None:
         live = [N_IMAGE] * layers
         fraction = np.ones(N_IMAGE)
-        prompt = model._encode([image], [model._prompt(text) + " " + model.config.seg_answer])
-        text_tokens = int(prompt["attention_mask"].sum()) - N_IMAGE
-        gflops = flops.decoder_flops(live, dims, text_tokens, "csp") / 1e9
     else:
         stats = segprune.stats(model)
         live = [int(n) for n in stats.live_tokens[:, 0]]
@@ -144,7 +145,7 @@ def run_row(model: Any, row: DemoRow, image: np.ndarray, query: Any) -> DemoResu
         for kept in stats.kept_indices:
             counts[kept[0].cpu().numpy()] += 1
         fraction = counts / layers
-        gflops = stats.flops_csp / 1e9
+    gflops = flops.decoder_flops(live, dims, text_tokens, "csp") / 1e9
     paper_live = (
         [N_IMAGE] * PAPER_LAYERS
         if row.config is None

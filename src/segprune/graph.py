@@ -1,4 +1,4 @@
-"""A LLaVA prefill, pruned or not, replayed as one CUDA graph: the low-overhead path for small batches.
+"""A prefill, pruned or not, replayed as one CUDA graph: the low-overhead path for small batches.
 
 At batch 1 a 7B decoder is bound by Python and kernel launches, so pruning buys little until the
 launches go (docs/benchmarks.md). Exact budgets make every shape of a pruned prefill depend on the
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from segprune.families import Family, family_of
 from segprune.patch import _adapter
-from segprune.patch.llava import find_llava
 from segprune.patch.state import StaticLayout
 from segprune.patch.transformers_api import TransformersAPI
 
@@ -73,23 +73,29 @@ class _Layout:
         return self.image_seq.shape[1]
 
 
+def _family(model: nn.Module) -> Family:
+    family = family_of(model)
+    if not family.graphable:
+        raise TypeError(f"the graph path does not support the {family.name!r} family yet")
+    return family
+
+
 def _layout(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> _Layout:
-    llava = find_llava(model)
-    if llava is None:
-        raise TypeError(f"{type(model).__name__} holds no transformers LlavaModel")
+    family = _family(model)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     ids = input_ids.detach().cpu()
-    image_mask = ids == llava.config.image_token_id
+    prompt = family.prompt(ids, None)
+    image_mask = prompt["image_mask"]
     counts = image_mask.sum(dim=1)
-    expected = getattr(llava.config, "image_seq_length", None)
+    expected = family.expected_image_tokens()
     if int(counts.min()) != int(counts.max()) or (expected and int(counts[0]) != expected):
         wanted = f"the model's {expected}" if expected else "the same number of"
         raise ValueError(f"every sample must hold {wanted} image tokens; got {counts.tolist()} per sample")
-    if pixel_values.shape[0] != ids.shape[0]:
+    n_images = family.count_images(pixel_values)
+    if n_images != ids.shape[0]:
         raise ValueError(
-            f"pixel_values holds {pixel_values.shape[0]} images for {ids.shape[0]} samples; "
-            "one image per sample"
+            f"pixel_values holds {n_images} images for {ids.shape[0]} samples; one image per sample"
         )
     adapter = _adapter(model)
     needs_seg = False
@@ -108,37 +114,21 @@ def _layout(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tenso
     return _Layout(tuple(ids.shape), order.to(input_ids.device), needs_seg)
 
 
-def _merge_image_features(
-    model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor, layout: _Layout
-):
-    """Return the decoder's input embeddings: text embeddings with the projected image features placed."""
-    llava = find_llava(model)
-    config = llava.config
-    embeds = llava.get_input_embeddings()(input_ids)
-    features = llava.get_image_features(
-        pixel_values=pixel_values,
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-    ).pooler_output
-    features = torch.stack(list(features)).to(embeds.dtype)
-    index = layout.image_seq[..., None].expand(-1, -1, embeds.shape[-1])
-    return embeds.scatter(1, index, features)
-
-
 def _run(
     model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor, layout: _Layout
 ) -> PrefillOutput:
-    llava = find_llava(model)
-    embeds = _merge_image_features(model, input_ids, pixel_values, layout)
+    family = _family(model)
+    # The decoder's input embeddings: text embeddings with the projected image features placed.
+    embeds = family.input_embeddings(input_ids, pixel_values, layout.image_seq)
     adapter = _adapter(model)
-    if adapter is not None:  # what its LlavaModel pre-hook would have captured
-        image_mask = input_ids == llava.config.image_token_id
-        adapter._pending = {"image_mask": image_mask, "input_ids": input_ids}
-    out = llava.language_model(inputs_embeds=embeds, use_cache=True, return_dict=True)
+    if adapter is not None:  # what its top-level pre-hook would have captured
+        adapter.expect_prompt(input_ids)
+    language_model = family.language_model
+    out = language_model(inputs_embeds=embeds, use_cache=True, return_dict=True)
     hidden = out.last_hidden_state
     head = getattr(model, "lm_head", None)
     logits = head(hidden[:, -1:]) if head is not None else None
-    return PrefillOutput(logits, hidden, TransformersAPI.of(llava.language_model).read_cache(out))
+    return PrefillOutput(logits, hidden, TransformersAPI.of(language_model).read_cache(out))
 
 
 @torch.no_grad()
@@ -179,8 +169,9 @@ class GraphedPrefill:
     """The prefill of `model` (pruned by `segprune.prune_` or not) captured as one CUDA graph.
 
     Args:
-        model: a LLaVA model on a CUDA device (`LlavaForConditionalGeneration`, `LlavaModel`, or a
-            module holding one). Prune it before capturing; re-capture after `prune_`/`unprune`.
+        model: a model of a family with a graph path (LLaVA: `LlavaForConditionalGeneration`,
+            `LlavaModel`, or a module holding one) on a CUDA device. Prune it before capturing;
+            re-capture after `prune_`/`unprune`.
         input_ids, pixel_values: an example prompt: its shapes and layout are fixed from now on.
         warmup: eager runs before the capture (at least 1).
     """
@@ -200,7 +191,7 @@ class GraphedPrefill:
         # Where each call's image tokens must be, for `check`: built once, not per call.
         self._image_mask = torch.zeros(self.layout.shape, dtype=torch.bool, device=input_ids.device)
         self._image_mask.scatter_(1, self.layout.image_seq, True)
-        self._image_id = find_llava(model).config.image_token_id
+        self.family = _family(model)
         self.input_ids = input_ids.clone()
         self.pixel_values = pixel_values.clone()
         adapter = _adapter(model)
@@ -243,7 +234,7 @@ class GraphedPrefill:
                 "capture another GraphedPrefill"
             )
         mask = self._image_mask
-        bad = ((input_ids.to(mask.device) == self._image_id) != mask).any()
+        bad = (self.family.prompt(input_ids.to(mask.device), None)["image_mask"] != mask).any()
         if layout.needs_seg:
             bad = bad | ~(input_ids == self.adapter.seg_token_id).any(dim=1).all()
         if bool(bad):  # the one synchronisation of a call

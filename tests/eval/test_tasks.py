@@ -18,8 +18,8 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def segment(self, images, queries):
-        self.calls.append(("segment", len(images), list(queries)))
+    def segment(self, images, queries, *, score_token):
+        self.calls.append(("segment", len(images), list(queries), score_token))
         return ["masks"]
 
     def ground(self, images, *, max_new_tokens):
@@ -50,7 +50,9 @@ def test_predict_calls_the_protocol_of_the_task():
     samples = [_ref("a", [[1]], ["type:phrase"]), _ref("b", [[0]], ["type:sentence"], query="Find it.")]
     assert predict(model, "refseg", samples, max_new_tokens=5) == ["masks"]
     question = "What is the red star in this image? Please output segmentation mask."
-    assert model.calls == [("segment", 2, [question, "Find it. Please output segmentation mask."])]
+    assert model.calls == [("segment", 2, [question, "Find it. Please output segmentation mask."], "prompt")]
+    predict(model, "refseg", samples[:1], max_new_tokens=5, score_token="answer")
+    assert model.calls[-1] == ("segment", 1, [question], "answer")
     reference = GCGAnnotation("x", "", [], [])
     predict(model, "gcg", [CaptionSample("x", np.zeros((1, 1, 3), np.uint8), reference)], max_new_tokens=7)
     assert model.calls[-1] == ("ground", 1, 7)

@@ -14,6 +14,7 @@ import segprune
 from conftest import EXAMPLES, method_names
 from segprune import METHODS
 from segprune.models import SegModel
+from segprune.models.prompts import SCORE_TOKENS
 
 QUERIES = ["the red car", "a small dog"]
 
@@ -167,3 +168,55 @@ def test_without_image_tokens_the_text_keeps_its_positions(seg_model):
         assert steps == [1] * (before - 1) + [llava.image_seq_length + 1] + [1] * (len(steps) - before)
     # The LLM's input differs from the unpruned forward's, so the [SEG] state and the masks do too.
     assert any((a - b).abs().max() > 0 for a, b in zip(blind, logits(seg_model), strict=True))
+
+
+def _scores_by_last_token(config) -> bool:
+    return any(getattr(getattr(s, "score", None), "token", None) == "last" for s in config.plan(16, 4).steps)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", method_names())
+def test_score_token_prompt_ranks_by_the_last_prompt_token(seg_model, name):
+    """score_token="prompt": a last-token method keeps the image tokens a prefill of the prompt alone
+    keeps, and the answer then runs against them (a one-pass replay of those sets gives the same masks).
+    Methods that rank elsewhere give the same masks with either score token."""
+    from segprune.methods.replay import ReplayConfig
+    from segprune.models import seg_inputs
+
+    config = EXAMPLES[name]
+    segprune.prune_(seg_model, config)
+    prompt = seg_model.segment(images(), QUERIES, threshold=None, score_token="prompt")
+    stats = segprune.stats(seg_model)
+    answer = seg_model.segment(images(), QUERIES, threshold=None, score_token="answer")
+    if not _scores_by_last_token(config):
+        assert_same_masks(prompt, answer, atol=1e-5)
+        return
+    batch = seg_model._encode(images(), [seg_model._prompt(q) for q in QUERIES])
+    seg_model.mllm.model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=seg_inputs.positions(batch["attention_mask"]),
+        pixel_values=batch["pixel_values"],
+        use_cache=False,
+    )
+    prompt_only = segprune.stats(seg_model).kept_indices
+    assert all(torch.equal(a, b) for a, b in zip(stats.kept_indices, prompt_only, strict=True))
+    if config.replayable:
+        segprune.prune_(seg_model, ReplayConfig.from_stats(stats))
+        assert_same_masks(seg_model.segment(images(), QUERIES, threshold=None, score_token="answer"), prompt)
+
+
+@torch.no_grad()
+def test_score_token_moves_fastv_and_not_the_unpruned_model(seg_model):
+    """The "." after [SEG] and the last prompt token rank differently (so the choice matters), and without
+    pruning both score tokens are the same one forward."""
+    unpruned = [seg_model.segment(images(), QUERIES, threshold=None, score_token=t) for t in SCORE_TOKENS]
+    assert all(torch.equal(a, b) for a, b in zip(*unpruned, strict=True))
+    segprune.prune_(seg_model, segprune.FastVConfig(layer=1, keep_ratio=0.25))
+    kept = []
+    for token in SCORE_TOKENS:
+        seg_model.segment(images(), QUERIES, score_token=token)
+        kept.append(segprune.stats(seg_model).kept_indices[1])
+    assert not torch.equal(*kept)
+    with pytest.raises(ValueError, match=r"score_token='last' is not valid; valid: \['prompt', 'answer'\]"):
+        seg_model.segment(images(), QUERIES, score_token="last")

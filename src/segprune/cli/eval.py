@@ -9,6 +9,8 @@ from typing import Any
 
 from segprune.cli.flags import add_method_flags, dataclass_from_args
 
+FORMATS = ("refcoco", "reasonseg", "grandf", "rio")
+
 TASKS = ("refseg", "gcg")
 DATA_FLAGS = (
     "queries_per_scene",
@@ -54,19 +56,31 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="cast the model")
     p.add_argument("--max-new-tokens", type=int, default=128, help="gcg generation limit")
+    p.add_argument(
+        "--segment-score-token",
+        choices=["prompt", "answer"],
+        default="prompt",
+        help="refseg under FastV, PDrop or ALTP: rank by the last prompt token (as their papers do) "
+        "or by the last token of prompt + answer (the '.' after [SEG]); see docs/evaluation.md",
+    )
     p.add_argument("--captions", action="store_true", help="gcg: also METEOR and CIDEr (needs Java)")
     p.add_argument(
         "--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)"
     )
     g = p.add_argument_group("data options")
-    g.add_argument("--format", choices=["refcoco", "reasonseg", "grandf"], help="layout of a --data path")
+    # segprune.eval.datasets.FORMATS, written out so --help imports no numpy (tests/test_cli.py checks).
+    g.add_argument("--format", choices=FORMATS, help="layout of a --data path")
     g.add_argument("--queries-per-scene", type=int, help="shapes refseg: queries per scene (default 4)")
     g.add_argument("--dataset", help="refcoco: refcoco, refcoco+ or refcocog (default refcoco)")
-    g.add_argument("--split", help="refcoco, reasonseg: the split (default val)")
+    g.add_argument(
+        "--split", help="refcoco, reasonseg: the split (default val); rio: common (default), uncommon, train"
+    )
     g.add_argument("--split-by", help="refcoco: unc, umd or google (default unc)")
-    g.add_argument("--image-dir", help="refcoco, grandf: the images folder (default: the layout's)")
+    g.add_argument("--image-dir", help="refcoco, grandf, rio: the images folder (default: the layout's)")
     g.add_argument("--mask-json", help="grandf: the mask file (default: beside the caption file)")
-    g.add_argument("--all-texts", action="store_true", default=None, help="reasonseg: one sample per text")
+    g.add_argument(
+        "--all-texts", action="store_true", default=None, help="reasonseg, rio: one sample per text"
+    )
     g.add_argument("--limit", type=int, help="evaluate only the first N samples")
 
 
@@ -95,7 +109,15 @@ def run(args: argparse.Namespace, cls: Any) -> int:
 
     check_out_dir(args.out)
     config = dataclass_from_args(cls, args) if cls is not None else None
-    spec = EvalSpec(args.task, data_spec(args), args.model, config, args.batch_size, args.max_new_tokens)
+    spec = EvalSpec(
+        args.task,
+        data_spec(args),
+        args.model,
+        config,
+        args.batch_size,
+        args.max_new_tokens,
+        segment_score_token=args.segment_score_token,
+    )
     load_items(spec.data, spec.task)  # bad data is refused before a model of minutes loads
     model = load(args)
     summary = evaluate(model, spec, args.out, captions=args.captions, progress=not args.quiet)

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace, cls: Any = None) -> int:
         budget=args.budget,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
+        segment_score_token=args.segment_score_token,
         captions=args.captions,
         progress=not args.quiet,
     )

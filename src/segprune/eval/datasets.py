@@ -7,7 +7,8 @@ of thousands of queries costs nothing.
     shapes:SEED:N        N scenes of `generate_split(N, SEED)`: `queries_per_scene` referring
                          queries each (one per query type in turn), or one GCG caption each
     PATH --format F      refcoco (root with <dataset>/refs(<split_by>).p), reasonseg (root with
-                         <split>/), grandf (the <split>_gcg_coco_caption_gt.json file)
+                         <split>/), grandf (the <split>_gcg_coco_caption_gt.json file), rio (the
+                         split's JSON file, or the folder holding RIO_<split>_*.json)
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from segprune.checks import check_choice, check_int
 from segprune.data.scene import QUERY_TYPES, Scene
 from segprune.eval.metrics.masks import SMALL_FRACTION
 
-FORMATS = ("refcoco", "reasonseg", "grandf")
-TASK_SOURCES = {"refseg": ("shapes", "refcoco", "reasonseg"), "gcg": ("shapes", "grandf")}
+FORMATS = ("refcoco", "reasonseg", "grandf", "rio")
+TASK_SOURCES = {"refseg": ("shapes", "refcoco", "reasonseg", "rio"), "gcg": ("shapes", "grandf")}
+DEFAULT_SPLIT = {"rio": "common"}  # the other formats' default is "val"
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class DataSpec:
         source: "shapes" or one of `FORMATS`.
         seed, scenes: the shapes split (`generate_split(scenes, seed)`).
         queries_per_scene: referring queries taken from each shapes scene.
-        path: the data set's root (refcoco, reasonseg) or caption JSON (grandf), absolute.
+        path: the data set's root (refcoco, reasonseg), caption JSON (grandf) or annotation file or
+            folder (rio), absolute.
         dataset, split, split_by, image_dir, mask_json, all_texts: the loaders' options.
         limit: keep only the first `limit` samples (None: all).
     """
@@ -74,6 +77,7 @@ class DataSpec:
             "refcoco": ("path", "dataset", "split", "split_by", "image_dir"),
             "reasonseg": ("path", "split", "all_texts"),
             "grandf": ("path", "image_dir", "mask_json"),
+            "rio": ("path", "split", "image_dir", "all_texts"),
         }[self.source]
         data = asdict(self)
         return {"source": self.source, **{k: data[k] for k in keep}, "limit": self.limit}
@@ -96,6 +100,8 @@ def parse_data(text: str, fmt: str | None = None, **options: Any) -> DataSpec:
         raise ValueError(f"data {text!r} is a path: give --format, one of {list(FORMATS)}")
     if not Path(text).exists():
         raise ValueError(f"data path {text!r} does not exist")
+    if fmt in DEFAULT_SPLIT and "split" not in options:
+        options["split"] = DEFAULT_SPLIT[fmt]
     for key in ("image_dir", "mask_json"):
         if key in options:
             options[key] = str(Path(options[key]).resolve())
@@ -182,6 +188,8 @@ def load_items(spec: DataSpec, task: str) -> Sequence[RefItem] | Sequence[GCGIte
             samples = formats.load_refcoco(spec.path, spec.dataset, spec.split, spec.split_by, spec.image_dir)
         elif spec.source == "reasonseg":
             samples = formats.load_reasonseg(spec.path, spec.split, spec.all_texts)
+        elif spec.source == "rio":
+            samples = formats.load_rio(spec.path, spec.split, spec.image_dir, spec.all_texts)
         else:
             parents = Path(spec.path).parents
             if spec.image_dir is None and len(parents) < 3:
@@ -280,6 +288,10 @@ def _file_query(sample: Any) -> RefSample:
         tags.insert(0, f"type:{sample.tags['type']}")
     elif "is_sentence" in sample.tags:  # ReasonSeg: LISA reports short and long queries apart
         tags.insert(0, "type:sentence" if sample.tags["is_sentence"] else "type:phrase")
+    elif "instances" in sample.tags:  # RIO: intentions are sentences; several instances make one target
+        tags.insert(0, "type:sentence")
+        if sample.tags["instances"] > 1:
+            tags.append("multi")
     return RefSample(sample.sample_id, image, sample.query, target, sample.ignore, tuple(tags))
 
 

@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from segprune import flops
-from segprune.checks import check_int
+from segprune.checks import check_choice, check_int
 from segprune.eval import cost, tasks
 from segprune.eval.datasets import TASK_SOURCES, DataSpec, load_items
 from segprune.eval.records import Appender, claim, merged_records, recorded_ids, stored_config, write_summary
 from segprune.methods import MethodConfig
 from segprune.models.load import model_id
+from segprune.models.prompts import SCORE_TOKENS
 from segprune.outdir import check_out_dir, locked
 
 __all__ = [
@@ -61,6 +62,9 @@ class EvalSpec:
         batch_size: samples per forward. Part of the identity: padding and per-batch random draws
             (CSP random / Seg-First) make a sample's result depend on its batch.
         max_new_tokens: the generation limit of gcg.
+        segment_score_token: refseg, `SegModel.segment`'s `score_token`: the token that last-token
+            methods (FastV, PDrop, ALTP) rank with, "prompt" (the last prompt token, as their papers
+            do) or "answer" (the last token of prompt + answer, "." after [SEG]).
     """
 
     task: str
@@ -69,6 +73,7 @@ class EvalSpec:
     method: MethodConfig | None = None
     batch_size: int = 8
     max_new_tokens: int = 128
+    segment_score_token: str = "prompt"
 
     def __post_init__(self) -> None:
         if self.task not in tasks.TASKS:
@@ -80,6 +85,7 @@ class EvalSpec:
             )
         check_int("EvalSpec.batch_size", self.batch_size, 1)
         check_int("EvalSpec.max_new_tokens", self.max_new_tokens, 1)
+        check_choice("EvalSpec.segment_score_token", self.segment_score_token, SCORE_TOKENS)
         if self.task == "gcg" and self.method is not None and self.method.needs_seg_token:
             # GCG's prompt holds no [SEG]: CSP would have no scoring token to rank by.
             raise ValueError(f"{type(self.method).__name__}.score_token='seg' cannot run gcg; use 'last'")
@@ -95,6 +101,8 @@ class EvalSpec:
         }
         if self.task == "gcg":
             out["max_new_tokens"] = self.max_new_tokens
+        else:
+            out["segment_score_token"] = self.segment_score_token
         return out
 
 
@@ -135,12 +143,19 @@ def _barrier(world: int) -> None:
 
 
 class PrefillProbe:
-    """Count each sample's text and image tokens in the prefills of the LLaVA inside a model."""
+    """Count each sample's text and image tokens in the prefills of the LLaVA inside a model.
 
-    def __init__(self, model: Any) -> None:
-        from segprune.patch.llava import find_llava
+    With `answer_is_prefill` (refseg), text that follows a prefill through its KV cache counts as
+    prefill text too: `segment()` may run LISA's teacher-forced answer after a prompt-only prefill
+    (`score_token="prompt"`), and its cost is the one forward's either way. GCG's generated tokens
+    are decode steps and do not count.
+    """
 
-        self.llava = find_llava(model)
+    def __init__(self, model: Any, answer_is_prefill: bool = False) -> None:
+        from segprune.families import family_of
+
+        self.llava = family_of(model).vlm
+        self.answer_is_prefill = answer_is_prefill
         self.text_tokens: list[int] = []
         self.image_tokens: list[int] = []
 
@@ -156,18 +171,23 @@ class PrefillProbe:
         if ids is None:
             return
         image = (ids == self.llava.config.image_token_id).sum(dim=1)
-        if not bool(image.any()):
-            return  # a decode step (generate may pass precomputed image features, not pixels)
         mask = kwargs.get("attention_mask")  # None when nothing is padded
+        if not bool(image.any()):
+            # A decode step (generate may pass precomputed image features, not pixels), or the
+            # answer after a prompt-only prefill, whose mask spans prompt and answer.
+            if self.answer_is_prefill and mask is not None and self.image_tokens:
+                totals = mask.sum(dim=1).tolist()
+                self.text_tokens = [t - i for t, i in zip(totals, self.image_tokens, strict=True)]
+            return
         total = mask.sum(dim=1) if mask is not None else ids.new_full(image.shape, ids.shape[1])
         self.text_tokens, self.image_tokens = (total - image).tolist(), image.tolist()
 
 
 def llava_config(model: Any) -> Any:
-    """Return the `LlavaConfig` of the LLaVA inside `model`."""
-    from segprune.patch.llava import find_llava
+    """Return the config of the vision-language model inside `model` (a `LlavaConfig` for `SegModel`)."""
+    from segprune.families import family_of
 
-    return find_llava(model).config
+    return family_of(model).vlm.config
 
 
 def _live(model: Any, pruned: bool, probe: PrefillProbe, n_layers: int) -> list[list[int]]:
@@ -264,13 +284,19 @@ def _run(
         unit="sample",
         desc=f"{spec.task} {spec.method.name if spec.method else 'unpruned'}",
     )
-    with bar, Appender(out, rank, world) as store, PrefillProbe(model) as probe:
+    with bar, Appender(out, rank, world) as store, PrefillProbe(model, spec.task == "refseg") as probe:
         for n, (k, indices) in enumerate(todo):
             loaded = [items[i].load() for i in indices]
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            outputs = tasks.predict(model, spec.task, loaded, max_new_tokens=spec.max_new_tokens)
+            outputs = tasks.predict(
+                model,
+                spec.task,
+                loaded,
+                max_new_tokens=spec.max_new_tokens,
+                score_token=spec.segment_score_token,
+            )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start

@@ -125,6 +125,7 @@ def run_sweep(
     budget: str = "paper",
     batch_size: int = 8,
     max_new_tokens: int = 128,
+    segment_score_token: str = "prompt",
     captions: bool = False,
     progress: bool = True,
 ) -> list[Cell]:
@@ -144,7 +145,18 @@ def run_sweep(
         budget,
     )
     runs = [
-        (cell, EvalSpec(cell.task, data, model_name, cell.config, batch_size, max_new_tokens))
+        (
+            cell,
+            EvalSpec(
+                cell.task,
+                data,
+                model_name,
+                cell.config,
+                batch_size,
+                max_new_tokens,
+                segment_score_token=segment_score_token,
+            ),
+        )
         for cell in cells
         if cell.skipped is None
     ]

@@ -22,11 +22,16 @@ TASKS = ("refseg", "gcg")
 __all__ = ["TASKS", "accuracy", "caption_text", "lisa_query", "predict", "score"]
 
 
-def predict(model: Any, task: str, samples: Sequence[Any], *, max_new_tokens: int) -> list[Any]:
-    """Run the model on one batch: masks for `RefSample`s (refseg), `GroundedAnswer`s for `CaptionSample`s."""
+def predict(
+    model: Any, task: str, samples: Sequence[Any], *, max_new_tokens: int, score_token: str = "prompt"
+) -> list[Any]:
+    """Run the model on one batch: masks for `RefSample`s (refseg), `GroundedAnswer`s for `CaptionSample`s.
+
+    `score_token` is `SegModel.segment`'s (refseg only)."""
     images = [sample.image for sample in samples]
     if task == "refseg":
-        return model.segment(images, [lisa_query(s.query, s.tags) for s in samples])
+        queries = [lisa_query(s.query, s.tags) for s in samples]
+        return model.segment(images, queries, score_token=score_token)
     if task == "gcg":
         return model.ground(images, max_new_tokens=max_new_tokens)
     raise ValueError(f"unknown task {task!r}; valid: {list(TASKS)}")

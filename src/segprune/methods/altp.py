@@ -53,16 +53,17 @@ def model_pixels(
             "carry no pixels to cut into superpixels)"
         )
     if context.grid is None:
-        raise ValueError("ALTP needs the patch grid of the image tokens; the adapter gave none")
+        raise ValueError("ALTP needs the grid of the image tokens; the model's family gave none")
     rows, cols = context.grid
     if rows * cols != context.n_image:
         raise ValueError(
             f"ALTP: the {rows}x{cols} patch grid has {rows * cols} patches but the prompt holds "
-            f"{context.n_image} image tokens; ALTP needs one token per patch (no CLS token, no tiling)"
+            f"{context.n_image} image tokens; ALTP needs one image token per grid cell"
         )
     if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
         raise ValueError(
-            f"ALTP needs pixel_values of shape (batch, 3, H, W), got {tuple(pixel_values.shape)}"
+            "ALTP needs the image as (batch, 3, H, W) pixels (the family's selector_pixels), "
+            f"got shape {tuple(pixel_values.shape)}"
         )
     x = pixel_values.float()
     # Per-channel constants as Python floats: no host-to-device copy in the hot path.

@@ -140,6 +140,6 @@ def _vision(context: SelectContext):
     if context.vision is None:
         raise ValueError(
             "this method reads the vision tower's CLS attention and keys; run it through "
-            "segprune.prune_ on a LLaVA model and pass pixel_values"
+            "segprune.prune_ on a model whose family has a vision CLS row (LLaVA) and pass pixel_values"
         )
     return context.vision

@@ -23,3 +23,8 @@ def lisa_query(text: str, tags: Sequence[str] = ()) -> str:
     """Return the query LISA asks for a referring expression (its sentence form for ReasonSeg sentences)."""
     template = SENTENCE_QUERY if "type:sentence" in tags else PHRASE_QUERY
     return template.format(text=text)
+
+
+# `SegModel.segment`: the token a last-token pruning method (FastV, PDrop, ALTP) scores with — the
+# last prompt token, as those papers score, or the last of prompt + answer ("." after [SEG]).
+SCORE_TOKENS = ("prompt", "answer")

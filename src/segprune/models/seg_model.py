@@ -33,7 +33,8 @@ from transformers import (
 
 from segprune.models import seg_inputs
 from segprune.models.gcg import GroundedAnswer, parse_grounded
-from segprune.models.prompts import GCG_QUERY, LLAVA_PROMPT
+from segprune.models.prompts import GCG_QUERY, LLAVA_PROMPT, SCORE_TOKENS
+from segprune.models.sam_instances import InstanceSettings, sam_instances
 
 
 class SegModelConfig(PretrainedConfig):
@@ -241,22 +242,36 @@ class SegModel(PreTrainedModel):
         answer: str | None = None,
         threshold: float | None = 0.0,
         image_tokens: bool = True,
+        score_token: str = "prompt",
     ) -> list[torch.Tensor]:
         """Segment what each query refers to: one `(H, W)` bool mask per image, at its original size.
 
-        One teacher-forced forward over prompt + `answer` (default `config.seg_answer`, which holds
-        `[SEG]`). With `threshold=None` the float mask logits are returned instead. With
-        `image_tokens=False` no image token reaches the LLM (the blind baseline: how much the LLM
+        A teacher-forced forward over prompt + `answer` (default `config.seg_answer`, which holds
+        `[SEG]`), as LISA evaluates. With `threshold=None` the float mask logits are returned instead.
+
+        `score_token` matters only under a pruning method that ranks image tokens by the attention
+        of the last token (FastV, PyramidDrop, ALTP): "prompt" (default) runs the prompt alone as
+        the prefill, so the last prompt token scores, as those methods' papers score, and then the
+        answer through the pruned KV cache; "answer" runs prompt + answer as one prefill, whose
+        last token (the "." after `[SEG]`) has already seen the answer. Both give the same masks
+        without pruning and under methods that score elsewhere (CSP's `[SEG]` row, CLS rows).
+
+        With `image_tokens=False` no image token reaches the LLM (the blind baseline: how much the LLM
         reads its image tokens): the text runs alone, at the positions it has with the image in
         place, and the LLaVA tower does not run; SAM still sees the image.
         """
+        if score_token not in SCORE_TOKENS:
+            raise ValueError(f"score_token={score_token!r} is not valid; valid: {list(SCORE_TOKENS)}")
         texts = [
             self._prompt(q) + " " + (self.config.seg_answer if answer is None else answer) for q in queries
         ]
         batch = self._encode(images, texts)
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         positions = seg_inputs.positions(attention_mask)
-        if image_tokens:
+        split = None
+        if image_tokens and score_token == "prompt" and self._scores_by_last_token():
+            split = self._answer_start(queries, input_ids, attention_mask)
+        if image_tokens and split is None:
             hidden_states = self.mllm.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -264,6 +279,8 @@ class SegModel(PreTrainedModel):
                 pixel_values=batch["pixel_values"],
                 use_cache=False,
             ).last_hidden_state
+        elif image_tokens:
+            hidden_states = self._prompt_then_answer(batch, positions, split)
         else:
             text = input_ids != self.config.llava_config.image_token_id
             n, n_text = len(texts), int(text[0].sum())  # every prompt holds one image's tokens
@@ -290,6 +307,100 @@ class SegModel(PreTrainedModel):
         low_res = self.decode_masks(self.sam.get_image_embeddings(batch["sam_pixels"]), hidden)
         masks = [self._to_original(low_res[b], batch["sam"], b)[0] for b in range(len(first))]
         return masks if threshold is None else [m > threshold for m in masks]
+
+    def _scores_by_last_token(self) -> bool:
+        """Whether this model is pruned by a method whose LLM-attention row is the last token's."""
+        from segprune.patch import pruning_config
+
+        config = pruning_config(self)
+        if config is None or config.needs_seg_token:
+            return False
+        llava = self.config.llava_config
+        plan = config.plan(llava.image_seq_length, llava.text_config.num_hidden_layers)
+        return any(getattr(getattr(step, "score", None), "token", None) == "last" for step in plan.steps)
+
+    def _answer_start(self, queries: Sequence[str], input_ids: torch.Tensor, mask: torch.Tensor) -> int:
+        """Return the index where every sample's answer begins in `input_ids` (left-padded prompt +
+        answer): the prompts are encoded alone and must be the same tokens as each text's start."""
+        llava = self.config.llava_config
+        prompt_ids, prompt_mask = seg_inputs.encode_prompts(
+            self._tokenizer(),
+            [self._prompt(q) for q in queries],
+            llava.image_token_id,
+            llava.image_seq_length,
+            self._pad_id(),
+        )
+        lengths = mask.sum(dim=1).tolist()
+        prompt_lengths = prompt_mask.sum(dim=1).tolist()
+        answer_lengths = {n - p for n, p in zip(lengths, prompt_lengths, strict=True)}
+        width = input_ids.shape[1]
+        if len(answer_lengths) == 1:
+            answer = answer_lengths.pop()
+            split = width - answer
+            same = all(
+                torch.equal(input_ids[b, width - n : split].cpu(), prompt_ids[b, prompt_ids.shape[1] - p :])
+                for b, (n, p) in enumerate(zip(lengths, prompt_lengths, strict=True))
+            )
+            if same and answer > 0:
+                return split
+        raise ValueError(
+            "the tokenizer does not split prompt + answer at the prompt's end for every sample, so the "
+            "prompt cannot run as its own prefill; use score_token='answer'"
+        )
+
+    def _prompt_then_answer(self, batch: dict[str, Any], positions: torch.Tensor, split: int) -> torch.Tensor:
+        """Run `batch`'s prompts (tokens before `split`) as the prefill, then the answers through the KV
+        cache; return the last hidden states of every token, `(B, L, width)`."""
+        from segprune.patch.transformers_api import cache_kwargs, output_cache
+
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        llava = self.mllm.model
+        prefill = llava(
+            input_ids=input_ids[:, :split],
+            attention_mask=attention_mask[:, :split],
+            position_ids=positions[:, :split],
+            pixel_values=batch["pixel_values"],
+            use_cache=True,
+        )
+        answer = llava(
+            input_ids=input_ids[:, split:],
+            attention_mask=attention_mask,
+            position_ids=positions[:, split:],
+            use_cache=True,
+            **cache_kwargs(llava, output_cache(llava, prefill)),
+        )
+        return torch.cat([prefill.last_hidden_state, answer.last_hidden_state], dim=1)
+
+    @torch.no_grad()
+    def sam_instance_tokens(
+        self, pixel_values: torch.Tensor, grid: tuple[int, int], settings: InstanceSettings | None = None
+    ) -> torch.Tensor:
+        """Return `(B, N)` instance ids per image token (-1: none) from this model's own SAM.
+
+        For CSP's Seg-First without a detector: `segprune.prune_(model, CSPConfig(cluster="seg_first"),
+        instance_masks=model.sam_instance_tokens)`. The vision tower's pixels are de-normalised,
+        run through SAM's image encoder (a second SAM pass per prefill; `segment`'s own runs on the
+        original image) and SAM's everything mode (`segprune.models.sam_instances`); each token
+        takes the instance covering most of its patch.
+        """
+        from segprune.methods.regions import masks_to_token_ids
+        from segprune.pixels import CLIP_MEAN, CLIP_STD
+
+        mean = torch.tensor(CLIP_MEAN, device=pixel_values.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=pixel_values.device).view(1, 3, 1, 1)
+        rgb = ((pixel_values.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        size = self.config.sam_config.vision_config.image_size
+        sam = seg_inputs.sam_pixels(list(rgb), size)
+        embeddings = self.sam.get_image_embeddings(sam.pixels.to(self.device, self.dtype))
+        instances = sam_instances(self.sam, embeddings, size, settings or InstanceSettings())
+        height, width = pixel_values.shape[-2:]
+        masks = torch.zeros(len(instances), max(1, *map(len, instances)), height, width, dtype=torch.bool)
+        for b, found in enumerate(instances):
+            if len(found):
+                logits = found.float() - 0.5  # back to logits around 0, for SAM's own upsampling
+                up = seg_inputs.masks_to_original(logits, size, sam.resized[b], sam.original[b]) > 0
+                masks[b, : len(found)] = up.cpu()
+        return masks_to_token_ids(masks, grid).to(pixel_values.device)
 
     def _seg_id(self) -> int:
         if self.config.seg_token_id is None:

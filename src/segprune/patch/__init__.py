@@ -7,16 +7,17 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from segprune.families import family_of, find_family
 from segprune.methods.base import MethodConfig
-from segprune.patch.llava import LlavaAdapter, find_llava
+from segprune.patch.runner import PlanRunner
 from segprune.patch.state import PruneStats
 
 _ATTR = "_segprune_adapter"
 
 
-def _adapter(model: nn.Module) -> LlavaAdapter | None:
-    llava = find_llava(model)
-    return getattr(llava, _ATTR, None) if llava is not None else None
+def _adapter(model: nn.Module) -> PlanRunner | None:
+    family = find_family(model)
+    return getattr(family.vlm, _ATTR, None) if family is not None else None
 
 
 def prune_(
@@ -29,9 +30,11 @@ def prune_(
     """Patch `model` in place so its forward passes run `config`'s token plan; return `model`.
 
     Args:
-        model: a `transformers` LLaVA model (`LlavaForConditionalGeneration`, `LlavaModel`) or any
-            module that holds one. Pruning an already pruned model replaces its config.
-        config: a method config, e.g. `FastVConfig(layer=2, keep_ratio=0.25)`.
+        model: a model of a supported family (`segprune.families.FAMILIES`, by `config.model_type`;
+            e.g. `LlavaForConditionalGeneration`, `LlavaModel`) or any module that holds one.
+            Pruning an already pruned model replaces its config.
+        config: a method config, e.g. `FastVConfig(layer=2, keep_ratio=0.25)`; one that needs what
+            the family lacks (a vision CLS row) is refused.
         seg_token_id: the `[SEG]` token id, for methods that score by `[SEG]` attention.
         instance_masks: a detector for instance-aware methods (CSP Seg-First): called at each
             prefill with `(pixel_values, grid)`, it returns a `(batch, N)` long tensor holding
@@ -41,18 +44,12 @@ def prune_(
         raise TypeError(
             f"config must be a segprune method config (e.g. FastVConfig()), got {type(config).__name__}"
         )
-    llava = find_llava(model)
-    if llava is None:
-        raise TypeError(
-            f"{type(model).__name__} holds no transformers LlavaModel; supported: "
-            "LlavaForConditionalGeneration, LlavaModel, or a module containing one"
-        )
+    family = family_of(model)
     if seg_token_id is None:  # segmentation models (SegModel) carry their own [SEG] id
         seg_token_id = getattr(model, "seg_token_id", None)
     unprune(model)
-    setattr(
-        llava, _ATTR, LlavaAdapter(llava, config, seg_token_id=seg_token_id, instance_masks=instance_masks)
-    )
+    runner = PlanRunner(family, config, seg_token_id=seg_token_id, instance_masks=instance_masks)
+    setattr(family.vlm, _ATTR, runner)
     return model
 
 
@@ -61,7 +58,7 @@ def unprune(model: nn.Module) -> nn.Module:
     adapter = _adapter(model)
     if adapter is not None:
         adapter.remove()
-        delattr(adapter.llava, _ATTR)
+        delattr(adapter.family.vlm, _ATTR)
     return model
 
 

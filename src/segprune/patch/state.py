@@ -88,6 +88,7 @@ class ForwardState:
         key_seq: per layer, `(batch, n_keys)` sequence indices of the tokens in that layer's cache.
         kept: per layer, `(batch, n_live)` live image-token indices.
         padded: whether the prefill's attention mask had any padding.
+        continuation: what the model's family keeps to continue position ids while decoding.
     """
 
     plan: TokenPlan | None
@@ -98,3 +99,4 @@ class ForwardState:
     scores: list[torch.Tensor | None] = field(default_factory=list)
     text_tokens: torch.Tensor | None = None
     padded: bool = False
+    continuation: object | None = None

@@ -1,8 +1,10 @@
-"""Run a token plan inside `transformers` LLaVA models (LlavaModel and LlavaForConditionalGeneration).
+"""Run a token plan inside a model of any registered family (`segprune.families`).
 
 The language model's forward is replaced by a loop over its own decoder layers that keeps, for each
 layer, only the tokens the plan says are live. Every layer still runs on the model's attention
-implementation (SDPA, flash or eager); scores come from recomputing single attention rows.
+implementation (SDPA, flash or eager); scores come from recomputing single attention rows. What is
+particular to a model (where its parts are, its image-token layout, position ids, q/k and RoPE,
+its vision tower) comes from its `Family`; layers are called through `TransformersAPI`.
 
 Sequence bookkeeping uses *sequence indices*: the position of a token in the unpruned input. Kept
 tokens keep their original position ids, each layer's KV cache holds its live tokens only, and the
@@ -12,7 +14,6 @@ they had when they were dropped, so `[SEG]` offsets, logits and labels line up a
 
 from __future__ import annotations
 
-import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -21,24 +22,27 @@ import torch
 from torch import nn
 
 from segprune import flops
+from segprune.families import Family, take
 from segprune.methods.base import MethodConfig
 from segprune.methods.plan import Keep, SelectContext
 from segprune.methods.scores import attention_row
 from segprune.patch.state import ForwardState, PruneStats, StaticLayout
 from segprune.patch.transformers_api import TransformersAPI
-from segprune.patch.vision import VisionCapture
 
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
-def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Gather rows along dim 1: `x` `(batch or 1, L, ...)`, `index` `(batch, n)` -> `(batch, n, ...)`."""
-    while index.dim() < x.dim():
-        index = index.unsqueeze(-1)
-    return torch.take_along_dim(x, index, dim=1)
+def check_method(family: Family, config: MethodConfig) -> None:
+    """Refuse a method that needs what `family` lacks, naming both."""
+    if config.needs_vision_cls and not family.has_vision_cls:
+        raise ValueError(
+            f"method {config.name!r} ({type(config).__name__}) reads the vision tower's CLS row, which "
+            f"the {family.name!r} family's vision tower does not have; choose a method or setting "
+            "that does not (needs_vision_cls false)"
+        )
 
 
-class LlavaAdapter:
+class PlanRunner:
     """Holds a config, the patched language model and the state of the last forward.
 
     Use `segprune.prune_` / `segprune.unprune` rather than this class directly.
@@ -46,29 +50,28 @@ class LlavaAdapter:
 
     def __init__(
         self,
-        llava: nn.Module,
+        family: Family,
         config: MethodConfig,
         seg_token_id: int | None = None,
         instance_masks: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None,
     ) -> None:
-        self.llava = llava
-        self.lm = llava.language_model
+        check_method(family, config)
+        self.family = family
+        self.lm = family.language_model
         self.config = config
         self.seg_token_id = seg_token_id
         self.instance_masks = instance_masks
-        self.text_config = self.lm.config
+        self.text_config = family.text_config
         attn = self.text_config._attn_implementation
         if attn not in SUPPORTED_ATTENTION:
             raise ValueError(
                 f"attention implementation {attn!r} is not supported; use one of {list(SUPPORTED_ATTENTION)}"
             )
-        vision = llava.config.vision_config
-        side = vision.image_size // vision.patch_size
-        self.grid = (side, side)
         self.n_layers = self.text_config.num_hidden_layers
+        self.layers = family.layers[: self.n_layers]
         # How the installed transformers names the cache, read once here rather than on every call.
-        self.api = TransformersAPI.of(self.lm.layers[0])
-        expected = getattr(llava.config, "image_seq_length", None)
+        self.api = TransformersAPI.of(self.layers[0])
+        expected = family.expected_image_tokens()
         if expected:
             config.plan(expected, self.n_layers)  # fail at prune_ time on a plan that cannot fit
         self.state: ForwardState | None = None
@@ -76,26 +79,14 @@ class LlavaAdapter:
         # prologue's facts known in advance, so the prefill makes no host synchronisation at all.
         self.static: StaticLayout | None = None
         self._pending: dict[str, Any] | None = None
-        vision_layers = config.vision_layers()
-        self.vision = (
-            VisionCapture(llava.vision_tower, vision_layers, llava.config.vision_feature_select_strategy)
-            if vision_layers
-            else None
-        )
-        self._pixels: torch.Tensor | None = None
+        self.vision = family.vision_features(config.vision_layers())
+        self._pixels: Any = None  # what the vision tower received, in the family's form
         self._projector_input: torch.Tensor | None = None
-        self._hooks = [
-            llava.register_forward_pre_hook(self._capture_inputs, with_kwargs=True),
-            # Pixels are taken where the vision tower receives them: generate() may encode the
-            # images before the first LlavaModel call and pass features instead of pixel_values.
-            llava.vision_tower.register_forward_pre_hook(self._capture_pixels, with_kwargs=True),
-            # The vision features, for methods that merge them before the projector.
-            llava.multi_modal_projector.register_forward_pre_hook(self._capture_projector_input),
-        ]
-        adapter = self
+        self._hooks = family.watch(self._on_prompt, self._on_pixels, self._on_features)
+        runner = self
 
         def forward(lm_self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            return adapter.language_model_forward(*args, **kwargs)
+            return runner.language_model_forward(*args, **kwargs)
 
         self.lm.forward = types.MethodType(forward, self.lm)
 
@@ -103,34 +94,24 @@ class LlavaAdapter:
         """Restore the unpatched model."""
         for hook in self._hooks:
             hook.remove()
-        if self.vision is not None:
-            self.vision.remove()
+        self.family.remove_vision(self.vision)
         del self.lm.forward
         self.state = None
 
     # -- capture --------------------------------------------------------------------------------
 
-    def _capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        image_id = self.llava.config.image_token_id
-        if input_ids is not None:
-            image_mask = input_ids == image_id
-        elif embeds is not None:
-            image_embed = self.llava.get_input_embeddings().weight[image_id]
-            image_mask = (embeds == image_embed).all(-1)
-        else:
-            image_mask = None
-        self._pending = {
-            "image_mask": image_mask,
-            "input_ids": input_ids,
-        }
+    def _on_prompt(self, prompt: dict[str, Any]) -> None:
+        self._pending = prompt
 
-    def _capture_pixels(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._pixels = kwargs.get("pixel_values", args[0] if args else None)
+    def _on_pixels(self, pixels: Any) -> None:
+        self._pixels = pixels
 
-    def _capture_projector_input(self, module: nn.Module, args: tuple) -> None:
-        self._projector_input = args[0] if args else None
+    def _on_features(self, features: torch.Tensor | None) -> None:
+        self._projector_input = features
+
+    def expect_prompt(self, input_ids: torch.Tensor) -> None:
+        """Take `input_ids` as the next prefill's prompt (callers that bypass the top-level forward)."""
+        self._pending = self.family.prompt(input_ids, None)
 
     def _merge_vision(self, step: Keep, live_img, new_img, context) -> torch.Tensor:
         """Merge the vision features the projector received, then project: `(batch, count, D)`."""
@@ -143,7 +124,7 @@ class LlavaAdapter:
                 f"got {got}: run the model with pixel_values (one image per sample)"
             )
         merged = step.merge(take(features, live_img), live_img, new_img, context)
-        return self.llava.multi_modal_projector(merged)
+        return self.family.project(merged)
 
     # -- the patched forward --------------------------------------------------------------------
 
@@ -172,7 +153,7 @@ class LlavaAdapter:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.lm.embed_tokens(input_ids)
+            inputs_embeds = self.family.embed_tokens(input_ids)
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(
                 f"segprune needs the 2D padding mask, got a {attention_mask.dim()}D attention_mask; "
@@ -211,18 +192,14 @@ class LlavaAdapter:
                 output_hidden_states,
                 use_cache,
             )
-        hidden = self.lm.norm(hidden)
+        hidden = self.family.norm(hidden)
         if all_hidden is not None:
             all_hidden[-1] = hidden
             all_hidden = tuple(all_hidden)
         return self.api.model_output(hidden, cache if use_cache else None, all_hidden)
 
-    def _rope(self, like: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.lm.rotary_emb(like, position_ids=position_ids)
-        batch = like.shape[0]
-        return cos.expand(batch, *cos.shape[1:]), sin.expand(batch, *sin.shape[1:])
-
     def _prefill(self, embeds, valid, position_ids, cache, pending, kwargs, output_hidden_states, use_cache):
+        family = self.family
         batch, length, width = embeds.shape
         device = embeds.device
         image_mask = pending["image_mask"] if pending else None
@@ -235,11 +212,10 @@ class LlavaAdapter:
         if not padded:
             valid = None
         seq = torch.arange(length, device=device).expand(batch, length).contiguous()
-        if position_ids is None:
-            position_ids = seq
-        cos, sin = self._rope(embeds, position_ids)
+        position_ids = family.prefill_positions(seq, position_ids)
         plan = self.config.plan(n_image, self.n_layers) if n_image else None
         state = ForwardState(plan=plan, cache=cache if use_cache else None, seq_len=length, padded=padded)
+        state.continuation = family.continuation(position_ids, length)
         self.state = state
         non_pad = valid.sum(dim=1) if valid is not None else torch.full((batch,), length, device=device)
         state.text_tokens = non_pad - n_image
@@ -251,7 +227,7 @@ class LlavaAdapter:
         live_img = torch.arange(n_image, device=device).expand(batch, n_image).contiguous()
         live_seq = seq
         # Position ids and rotary embeddings of the live tokens; renumbered plans change them per step.
-        live_pos, live_cos, live_sin = position_ids.expand(batch, -1), cos, sin
+        layer_pos, rope = family.rope(embeds, position_ids)
         renumber = plan is not None and plan.renumber
         hidden = embeds
         # Pruned rows keep their last hidden state here, and re-activated rows come back from here.
@@ -262,20 +238,13 @@ class LlavaAdapter:
         pending_scores: dict[int, torch.Tensor] = {}
         context = self._context(n_image, pending, device) if plan else None
         all_hidden = [] if output_hidden_states else None
-        for layer_idx, layer in enumerate(self.lm.layers[: self.n_layers]):
+        for layer_idx, layer in enumerate(self.layers):
             for kind, i in events.get(layer_idx, []):
                 step = plan.steps[i]
                 if kind == "score":
                     query_seq = self._query_seq(step.score.token, valid, pending, seq)
                     pending_scores[i] = self._score(
-                        layer,
-                        hidden,
-                        live_seq,
-                        image_seq.gather(1, live_img),
-                        query_seq,
-                        valid,
-                        live_cos,
-                        live_sin,
+                        layer, hidden, live_seq, image_seq.gather(1, live_img), query_seq, valid, rope
                     )
                     continue
                 scores = pending_scores.pop(i, None)
@@ -299,12 +268,10 @@ class LlavaAdapter:
                 live_img = new_img
                 live_seq = torch.cat([text_seq, image_seq.gather(1, live_img)], dim=1).sort(dim=1).values
                 hidden = take(full, live_seq)
-                live_pos = take(position_ids.expand(batch, -1), live_seq)
+                live_pos = family.take_positions(position_ids, live_seq)
                 if renumber:
                     live_pos = live_pos - self._dropped_before(live_seq, image_seq, live_img)
-                    live_cos, live_sin = self._rope(embeds, live_pos)
-                else:
-                    live_cos, live_sin = take(cos, live_seq), take(sin, live_seq)
+                layer_pos, rope = family.rope(embeds, live_pos)
             if all_hidden is not None:
                 all_hidden.append(self._full_view(full, hidden, live_seq))
             mask = self._mask(live_seq, live_seq, valid)
@@ -312,8 +279,8 @@ class LlavaAdapter:
                 layer,
                 hidden,
                 attention_mask=mask,
-                position_ids=live_pos,
-                position_embeddings=(live_cos, live_sin),
+                position_ids=layer_pos,
+                position_embeddings=rope,
                 cache=cache,
                 use_cache=use_cache,
                 extra=kwargs,
@@ -323,8 +290,7 @@ class LlavaAdapter:
         if full is not None:
             full.scatter_(1, live_seq[..., None].expand(-1, -1, width), hidden)
             hidden = full
-        if self.vision is not None:
-            self.vision.inputs.clear()  # free the captured activations
+        family.clear_vision(self.vision)
         self._projector_input = None
         if all_hidden is not None:
             all_hidden.append(hidden)
@@ -359,18 +325,21 @@ class LlavaAdapter:
 
     def _context(self, n_image: int, pending: dict[str, Any], device: torch.device) -> SelectContext:
         """Collect what selectors may read for this prefill."""
-        pixel_values, self._pixels = self._pixels, None
+        raw, self._pixels = self._pixels, None
         batch = pending["image_mask"].shape[0]
-        if pixel_values is not None and pixel_values.shape[0] != batch:
+        if raw is not None and self.family.count_images(raw) != batch:
             raise ValueError(
-                f"the vision tower saw {pixel_values.shape[0]} images but the prompt batch holds {batch} "
-                "samples; segprune needs one image per sample (no beam search or num_return_sequences > 1)"
+                f"the vision tower saw {self.family.count_images(raw)} images but the prompt "
+                f"batch holds {batch} samples; segprune needs one image per sample (no beam search or "
+                "num_return_sequences > 1)"
             )
+        grid = self.family.grid(raw)
+        pixel_values = self.family.selector_pixels(raw) if raw is not None else None
         instance_masks = None
         if self.instance_masks is not None:
             if pixel_values is None:
                 raise ValueError("instance_masks needs pixel_values in the forward call")
-            instance_masks = self.instance_masks(pixel_values, self.grid).to(device)
+            instance_masks = self.instance_masks(pixel_values, grid).to(device)
             if instance_masks.shape != (pixel_values.shape[0], n_image):
                 raise ValueError(
                     f"instance_masks returned shape {tuple(instance_masks.shape)}; "
@@ -383,7 +352,7 @@ class LlavaAdapter:
             generator.manual_seed(int(getattr(self.config, "seed", 0)))
         return SelectContext(
             n_image=n_image,
-            grid=self.grid,
+            grid=grid,
             pixel_values=pixel_values,
             generator=generator,
             vision=self.vision,
@@ -411,8 +380,7 @@ class LlavaAdapter:
         state = self.state
         batch, q_len, _ = embeds.shape
         new_seq = state.seq_len + torch.arange(q_len, device=embeds.device).expand(batch, q_len)
-        if position_ids is None:
-            position_ids = new_seq
+        position_ids = self.family.decode_positions(new_seq, position_ids, state.continuation)
         if valid is not None and valid.shape[1] != state.seq_len + q_len:
             raise ValueError(
                 f"attention_mask covers {valid.shape[1]} tokens; expected {state.seq_len + q_len} "
@@ -423,13 +391,10 @@ class LlavaAdapter:
         # A renumbering plan's layer saw as many fewer tokens before the new ones as it had dropped.
         plan = state.plan
         shifts = [plan.n_image - k.shape[1] if plan and plan.renumber else 0 for k in state.kept]
-        rope = {}
-        for shift in set(shifts):
-            shifted = position_ids - shift
-            rope[shift] = (shifted, self._rope(embeds, shifted))
+        rope = {shift: self.family.rope(embeds, position_ids - shift) for shift in set(shifts)}
         hidden = embeds
         all_hidden = [] if output_hidden_states else None
-        for layer_idx, layer in enumerate(self.lm.layers[: self.n_layers]):
+        for layer_idx, layer in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(hidden)
             keys = torch.cat([state.key_seq[layer_idx], new_seq], dim=1)
@@ -456,12 +421,14 @@ class LlavaAdapter:
         """Build the attention mask for live queries and keys, in the form the attention backend takes.
 
         Live sets are sorted subsets of the sequence, so causality in live order equals causality
-        in sequence order: without padding SDPA and flash need no mask at all.
+        in sequence order: without padding SDPA and flash need no mask at all, except that SDPA's
+        `is_causal` aligns a block of several new queries to the first keys, not the last, so a
+        decode step of more than one token gets an explicit mask.
         """
         impl = self.text_config._attn_implementation
         if impl.startswith("flash_attention"):
             return None if valid is None else valid.gather(1, key_seq).long()
-        if impl == "sdpa" and valid is None:
+        if impl == "sdpa" and valid is None and (query_seq is key_seq or query_seq.shape[1] == 1):
             return None
         allowed = key_seq[:, None, :] <= query_seq[:, :, None]
         if valid is not None:
@@ -472,7 +439,7 @@ class LlavaAdapter:
         allowed = allowed[:, None]
         if impl == "sdpa":
             return allowed
-        dtype = self.lm.embed_tokens.weight.dtype
+        dtype = self.family.embed_tokens.weight.dtype
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(dtype).min
         )
@@ -500,29 +467,16 @@ class LlavaAdapter:
         # The first [SEG] of each sample.
         return is_seg.int().argmax(dim=1)
 
-    def _score(
-        self, layer, hidden, live_seq, image_seq, query_seq, valid, live_cos, live_sin
-    ) -> torch.Tensor:
+    def _score(self, layer, hidden, live_seq, image_seq, query_seq, valid, rope) -> torch.Tensor:
         """Return `(batch, n_live_image)` attention of the query token to each live image token in `layer`.
 
-        `live_cos`, `live_sin`: the rotary embeddings of the live tokens, `(batch, n_live, head_dim)`."""
-        attn = layer.self_attn
-        head_dim = attn.head_dim
-        batch, n, _ = hidden.shape
-        x = layer.input_layernorm(hidden)
+        `rope`: the live tokens' position embeddings, as the family's layers take them."""
         row = torch.searchsorted(live_seq, query_seq[:, None].contiguous())
-        q = attn.q_proj(take(x, row)).view(batch, 1, -1, head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(batch, n, -1, head_dim).transpose(1, 2)
-        if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-        q, _ = rope(q, q, take(live_cos, row), take(live_sin, row))
-        k, _ = rope(k, k, live_cos, live_sin)
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        q, k, scale = self.family.query_keys(layer, hidden, row, rope)
         key_valid = live_seq <= query_seq[:, None]
         if valid is not None:
             key_valid = key_valid & valid.gather(1, live_seq)
-        probs = attention_row(q[:, :, 0], k, key_valid, attn.scaling)
+        probs = attention_row(q, k, key_valid, scale)
         return probs.gather(1, torch.searchsorted(live_seq, image_seq))
 
     # -- stats ----------------------------------------------------------------------------------
@@ -544,13 +498,3 @@ class LlavaAdapter:
             dims=dims,
             renumbered=bool(state.plan and state.plan.renumber),
         )
-
-
-def find_llava(model: nn.Module) -> nn.Module | None:
-    """Return the LlavaModel inside `model` (itself, `.model`, or the first submodule that is one)."""
-    from transformers import LlavaModel
-
-    for module in model.modules():
-        if isinstance(module, LlavaModel):
-            return module
-    return None

@@ -1,0 +1,138 @@
+"""Qwen2-VL and Qwen2.5-VL: a Qwen2 decoder with M-RoPE after a ViT whose 2x2 merger has no CLS row.
+
+Each image becomes `image_grid_thw` patches of 14 px, merged 2x2 into tokens that cover 28x28 px,
+row-major over the merged grid. Position ids are M-RoPE's `(3, batch, L)` (temporal, height,
+width) from the model's own `get_rope_index`; kept tokens keep all three, and decoding continues
+from the prefill's largest position id (what the model's `rope_deltas` hold).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from segprune.families import register_family
+from segprune.families.base import Family
+from segprune.families.llava import LlamaDecoder
+from segprune.pixels import CLIP_MEAN, CLIP_STD
+
+
+@register_family
+class Qwen2VLFamily(LlamaDecoder, Family):
+    """`transformers.Qwen2VLModel` and `Qwen2_5_VLModel` (one image per sample, images only)."""
+
+    name = "qwen2_vl"
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+    model_class = "Qwen2VLModel"
+    has_vision_cls = False
+    graphable = False
+    image_mean = CLIP_MEAN  # Qwen2-VL's processor normalises with OpenAI CLIP's mean and std
+    image_std = CLIP_STD
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        from transformers import Qwen2_5_VLModel, Qwen2VLModel
+
+        return isinstance(module, (Qwen2VLModel, Qwen2_5_VLModel))
+
+    def __init__(self, vlm: nn.Module) -> None:
+        super().__init__(vlm)
+        vision = vlm.config.vision_config
+        self.patch, self.merge = vision.patch_size, vision.spatial_merge_size
+        self.temporal = vision.temporal_patch_size
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.vlm.language_model
+
+    def watch(self, on_prompt, on_pixels, on_features) -> list[Any]:
+        def prompt(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if kwargs.get("pixel_values_videos") is not None or kwargs.get("video_grid_thw") is not None:
+                raise ValueError(
+                    "the qwen2_vl family prunes image tokens only; video inputs are not supported yet"
+                )
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            on_prompt(self.prompt(input_ids, kwargs.get("inputs_embeds")))
+
+        def pixels(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            grid = args[1] if len(args) > 1 else kwargs.get("grid_thw")
+            on_pixels((hidden, grid))
+
+        # The merger sits inside the tower and there is no CLS row: no projector-input capture.
+        return [
+            self.vlm.register_forward_pre_hook(prompt, with_kwargs=True),
+            self.vlm.visual.register_forward_pre_hook(pixels, with_kwargs=True),
+        ]
+
+    # -- image tokens ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _one_size(pixels: Any) -> torch.Tensor | None:
+        """The `(images, 3)` patch grids `image_grid_thw` when all images have one size, else None."""
+        grid = pixels[1] if pixels is not None else None
+        if grid is None or len(grid) == 0 or bool((grid != grid[0]).any()):
+            return None
+        return grid
+
+    def grid(self, pixels: Any) -> tuple[int, int] | None:
+        grid = self._one_size(pixels)
+        if grid is None:
+            return None
+        _, h, w = grid[0].tolist()
+        return (h // self.merge, w // self.merge)
+
+    def token_boxes(self, pixels: Any) -> torch.Tensor:
+        grid = self.grid(pixels)
+        if grid is None:
+            raise ValueError("token boxes need images of one size (image_grid_thw)")
+        side = self.patch * self.merge  # 28 px for Qwen2-VL's 14-px patches
+        r, c = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+        top, left = r.flatten() * side, c.flatten() * side
+        return torch.stack([top, left, top + side, left + side], dim=1)
+
+    def selector_pixels(self, pixels: Any) -> torch.Tensor | None:
+        """The processor's flattened patches put back into `(images, 3, H, W)` (first frame)."""
+        grid = self._one_size(pixels)
+        if grid is None:
+            return None
+        n, (t, h, w) = len(grid), grid[0].tolist()
+        m, p = self.merge, self.patch
+        # The processor's order: (t, h/m, w/m, m, m) patches, each (channels, temporal, p, p).
+        x = pixels[0].view(n, t, h // m, w // m, m, m, -1, self.temporal, p, p)[:, 0, ..., 0, :, :]
+        x = x.permute(0, 5, 1, 3, 6, 2, 4, 7)  # (n, C, h/m, m, p, w/m, m, p)
+        return x.reshape(n, x.shape[1], h * p, w * p)
+
+    def count_images(self, pixels: Any) -> int:
+        return 0 if pixels[1] is None else len(pixels[1])
+
+    # -- positions --------------------------------------------------------------------------------
+
+    def prefill_positions(self, seq: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+        if position_ids is None:
+            position_ids = seq
+        if position_ids.dim() == 2:
+            return position_ids.expand(seq.shape[0], -1)[None].expand(3, -1, -1)
+        if position_ids.shape[0] == 4:  # text positions first (generate's packed-mask row)
+            position_ids = position_ids[1:]
+        return position_ids
+
+    def take_positions(self, position_ids: torch.Tensor, live_seq: torch.Tensor) -> torch.Tensor:
+        return position_ids.gather(2, live_seq[None].expand(3, -1, -1))
+
+    def continuation(self, position_ids: torch.Tensor, length: int) -> torch.Tensor:
+        # Decode step k of sample b sits at its largest prompt position + 1 + k.
+        return position_ids.amax(dim=(0, 2))[:, None] + 1 - length
+
+    def decode_positions(
+        self, new_seq: torch.Tensor, position_ids: torch.Tensor | None, continuation: Any
+    ) -> torch.Tensor:
+        # The caller's ids are ignored: the model derives them from the cache's length, which a
+        # pruned first layer shortens; the prefill's own positions say where decoding continues.
+        return (new_seq + continuation)[None].expand(3, -1, -1)
+
+    def rope(self, like: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor | None, Any]:
+        cos, sin = self.language_model.rotary_emb(like, position_ids)
+        return None, (cos, sin)
