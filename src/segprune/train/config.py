@@ -38,13 +38,15 @@ class TrainConfig:
         out: output directory (checkpoint, model, log).
         steps: optimizer steps; the learning-rate schedule spans them.
         batch_size: scenes per step (one multi-turn sequence each).
-        lr, warmup, min_lr_ratio, weight_decay: AdamW with linear warm-up over `warmup` steps, then a
-            cosine decay to `min_lr_ratio * lr`.
+        lr: AdamW's peak learning rate.
+        warmup: steps of linear warm-up to `lr`.
+        min_lr_ratio: the cosine decay after the warm-up ends at this fraction of `lr`.
+        weight_decay: AdamW's weight decay.
         seed: initialises the model and seeds every batch.
         device: "cpu", "cuda", "cuda:1", ...; bf16 autocast is used on CUDA.
         resume: continue from `out/checkpoint.pt` if it exists.
-        val_every, val_size: validate every this many steps (and at the end) on `val_size` fixed
-            cases of split `VAL_SEED`; 0 disables periodic validation.
+        val_every: validate every this many steps and at the end (0: never).
+        val_size: fixed validation cases, from split `VAL_SEED`.
         checkpoint_every: write `checkpoint.pt` every this many steps (always at the end and on stop).
         time_limit: minutes; when exceeded, checkpoint and stop cleanly (resume later).
         log_every: write the losses to log.jsonl every this many steps.
