@@ -95,6 +95,7 @@ def test_declared_needs_match_the_plan(name):
             steps = config.plan(16, 4).steps
         scores = [s.score.token for s in steps if isinstance(s, Keep) and s.score is not None]
         assert config.needs_seg_token == ("seg" in scores), config
+        assert config.ranks_by_last_token == ("last" in scores), config
         merges = any(isinstance(s, Keep) and s.merge is not None for s in steps)
         assert config.replayable == (not merges), config
         if cls.prunes_before_decoder:

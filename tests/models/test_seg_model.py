@@ -170,10 +170,6 @@ def test_without_image_tokens_the_text_keeps_its_positions(seg_model):
     assert any((a - b).abs().max() > 0 for a, b in zip(blind, logits(seg_model), strict=True))
 
 
-def _scores_by_last_token(config) -> bool:
-    return any(getattr(getattr(s, "score", None), "token", None) == "last" for s in config.plan(16, 4).steps)
-
-
 @torch.no_grad()
 @pytest.mark.parametrize("name", method_names())
 def test_score_token_prompt_ranks_by_the_last_prompt_token(seg_model, name):
@@ -188,7 +184,7 @@ def test_score_token_prompt_ranks_by_the_last_prompt_token(seg_model, name):
     prompt = seg_model.segment(images(), QUERIES, threshold=None, score_token="prompt")
     stats = segprune.stats(seg_model)
     answer = seg_model.segment(images(), QUERIES, threshold=None, score_token="answer")
-    if not _scores_by_last_token(config):
+    if not config.ranks_by_last_token:
         assert_same_masks(prompt, answer, atol=1e-5)
         return
     batch = seg_model._encode(images(), [seg_model._prompt(q) for q in QUERIES])

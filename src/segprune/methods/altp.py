@@ -180,6 +180,10 @@ class ALTPConfig(OneDropBudget, MethodConfig):
         self.check_rgb("image_mean", positive=False)
         self.check_rgb("image_std", positive=True)
 
+    @property
+    def ranks_by_last_token(self) -> bool:
+        return True
+
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
         check_fits(self, "layer", self.layer, n_layers)
         step = Keep(

@@ -109,6 +109,12 @@ class MethodConfig:
         return False
 
     @property
+    def ranks_by_last_token(self) -> bool:
+        """Whether a step ranks image tokens by the last token's attention row, so which token ends
+        the prefill decides what is kept (`SegModel.segment(score_token=)`)."""
+        return False
+
+    @property
     def replayable(self) -> bool:
         """Whether replaying the recorded live sets (`ReplayConfig`) reproduces the forward: false for
         methods that merge tokens, whose kept tokens carry merged hidden states."""

@@ -190,6 +190,10 @@ class CSPConfig(MethodConfig):
     def needs_seg_token(self) -> bool:
         return self.score_token == "seg"
 
+    @property
+    def ranks_by_last_token(self) -> bool:
+        return self.score_token == "last"
+
     def scale_layers(self, from_layers: int, to_layers: int) -> CSPConfig:
         # Both boundaries move (the end of clustering and the end of scattering), keeping at least
         # one scattering layer and one pruning layer after them.

@@ -60,6 +60,10 @@ class FastVConfig(OneDropBudget, MethodConfig):
         self.check_int("layer", lo=1)
         self.check_fraction("keep_ratio")
 
+    @property
+    def ranks_by_last_token(self) -> bool:
+        return True
+
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
         check_fits(self, "layer", self.layer, n_layers)
         step = Keep(

@@ -50,6 +50,10 @@ class PDropConfig(MethodConfig):
         self.check_fraction("ratio")
         self.check_choice("positions", POSITIONS)
 
+    @property
+    def ranks_by_last_token(self) -> bool:
+        return True
+
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
         steps = []
         for s, layer in enumerate(self.layers, start=1):

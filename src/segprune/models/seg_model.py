@@ -313,11 +313,7 @@ class SegModel(PreTrainedModel):
         from segprune.patch import pruning_config
 
         config = pruning_config(self)
-        if config is None or config.needs_seg_token:
-            return False
-        llava = self.config.llava_config
-        plan = config.plan(llava.image_seq_length, llava.text_config.num_hidden_layers)
-        return any(getattr(getattr(step, "score", None), "token", None) == "last" for step in plan.steps)
+        return config is not None and config.ranks_by_last_token
 
     def _answer_start(self, queries: Sequence[str], input_ids: torch.Tensor, mask: torch.Tensor) -> int:
         """Return the index where every sample's answer begins in `input_ids` (left-padded prompt +
