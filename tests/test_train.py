@@ -146,3 +146,92 @@ def test_blind_segmentation_never_runs_the_llava_tower(small_model):
     finally:
         tower.forward = original
     assert [m.shape for m in masks] == [(336, 336)] * 4
+
+
+def test_inside_points_are_pixel_centres_inside_each_mask():
+    from segprune.train.samples import inside_points
+
+    one = np.zeros((8, 8), bool)
+    one[5, 2] = True  # row 5, column 2: the only pixel
+    ring = np.ones((8, 8), bool)
+    ring[2:6, 2:6] = False
+    points = inside_points([one, ring], np.random.default_rng(0))
+    assert points[0].tolist() == [2.5, 5.5]  # (x, y) of that pixel's centre
+    for _ in range(20):
+        x, y = inside_points([ring], np.random.default_rng(_))[0].tolist()
+        assert ring[int(y), int(x)]
+    with pytest.raises(ValueError, match="empty mask"):
+        inside_points([np.zeros((4, 4), bool)], np.random.default_rng(0))
+
+
+def _batch(model, scene):
+    from segprune.train.samples import collate
+
+    sample = make_sample(scene, np.random.default_rng(3), model.tokenizer, model.config, TaskMix())
+    return collate([sample], model.config.llava_config.text_config.pad_token_id or 0)
+
+
+def test_point_terms_train_sams_point_path_and_pull_seg_towards_the_point(small_model, scene):
+    from segprune.train.objective import AuxHeads, compute_losses, point_losses
+
+    model, batch = small_model.train(), _batch(small_model, scene)
+    heads = AuxHeads.for_model(model)
+    only = {name: 0.0 for name in ("lm", "mask_bce", "mask_dice", "patches", "presence", "centre")}
+    # point_mask alone: gradients reach SAM's decoder and image encoder (which runs with grad, unlike
+    # `SamModel.get_image_embeddings`), never the LLM.
+    model.zero_grad()
+    compute_losses(model, heads, batch, {**only, "seg_point": 0.0})["total"].backward()
+    assert model.sam.mask_decoder.iou_prediction_head.proj_out.weight.grad.abs().sum() > 0
+    assert model.sam.vision_encoder.patch_embed.projection.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.mllm.parameters())
+    # seg_point alone: gradients reach the [SEG] projector and the LLM, not SAM (its point is a target).
+    model.zero_grad()
+    compute_losses(model, heads, batch, {**only, "point_mask": 0.0})["total"].backward()
+    assert model.seg_projector[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.sam.parameters())
+    # The point token is SAM's own embedding of a positive point, and the best of three masks is trained.
+    embeddings = model.sam.get_image_embeddings(batch["sam_pixels"])
+    k = len(batch["points"])
+    targets = batch["mask_targets"]
+    loss, tokens = point_losses(model, embeddings.expand(k, -1, -1, -1), batch["points"], targets)
+    sparse, _ = model.sam.prompt_encoder(
+        batch["points"][:, None, None], torch.ones(k, 1, 1, dtype=torch.long), None, None
+    )
+    torch.testing.assert_close(tokens, sparse[:, 0, 0])
+    assert tokens.shape == (k, model.config.sam_config.vision_config.output_channels)
+    assert float(loss.detach()) > 0
+    model.eval()
+
+
+def test_zero_point_weights_skip_the_point_terms(small_model, scene, monkeypatch):
+    from segprune.train import objective
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("point_losses ran with both point weights at 0")
+
+    monkeypatch.setattr(objective, "point_losses", refuse)
+    heads = objective.AuxHeads.for_model(small_model)
+    losses = objective.compute_losses(
+        small_model, heads, _batch(small_model, scene), {"point_mask": 0.0, "seg_point": 0.0}
+    )
+    assert float(losses["point_mask"]) == 0 and float(losses["seg_point"]) == 0
+
+
+def test_init_starts_from_a_saved_model_and_refuses_one_that_does_not_fit(tmp_path):
+    from segprune.models.tiny import TinyDims
+    from segprune.train.loop import save_model
+
+    source = build_tiny(7, TinyDims(**SMALL))
+    save_model(source, tmp_path / "src", "float32")
+    settings = {"steps": 1, "batch_size": 1, "val_every": 0, "val_size": 0, "dims": SMALL, "lr": 1e-12}
+    settings["mix"] = {"refer_turns": 1, "qa_turns": 0, "caption_prob": 0.0}
+    train(TrainConfig(out=str(tmp_path / "run"), init=str(tmp_path / "src"), **settings))
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    expected = source.state_dict()
+    assert trained.keys() == expected.keys()
+    for key in expected:  # one step at lr 1e-12 leaves every weight where the init put it
+        torch.testing.assert_close(trained[key], expected[key], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="do not fit"):
+        train(TrainConfig(out=str(tmp_path / "other"), init="bundled", **settings))
+    with pytest.raises(ValueError, match="not a saved tiny model"):
+        train(TrainConfig(out=str(tmp_path / "other"), init=str(tmp_path / "nothing"), **settings))

@@ -56,6 +56,9 @@ class TrainConfig:
         dims: `TinyDims` overrides (e.g. {"llm_width": 256}).
         mix: `TaskMix` overrides.
         loss_weights: overrides of `objective.WEIGHTS` (e.g. {"mask_dice": 0.5}, LISA's value).
+        init: start from the weights of a saved tiny model instead of a fresh init: a directory
+            as `segprune.models.tiny(path)` takes, or "bundled" for the bundled model (its `dims`
+            must match). The auxiliary heads and the optimizer start afresh.
         overwrite: start afresh in an `out` that holds a run, replacing its checkpoint, model and log
             (without it, or `resume`, such a directory is refused).
     """
@@ -81,6 +84,7 @@ class TrainConfig:
     dims: dict[str, Any] = field(default_factory=dict)
     mix: dict[str, Any] = field(default_factory=dict)
     loss_weights: dict[str, float] = field(default_factory=dict)
+    init: str | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:

@@ -131,6 +131,22 @@ def _check_dims(dims: dict[str, Any]) -> TinyDims:
     return built
 
 
+def _load_init(model: Any, init: str) -> None:
+    """Copy the weights of the saved tiny model `init` ("bundled" or a directory) into `model`."""
+    from segprune.models.tiny import WEIGHTS, tiny
+
+    path = WEIGHTS if init == "bundled" else Path(init)
+    saved = tiny(path).state_dict()
+    mine = model.state_dict()
+    wrong = [k for k in mine if k not in saved or saved[k].shape != mine[k].shape]
+    if wrong or set(saved) - set(mine):
+        raise ValueError(
+            f"TrainConfig.init={init!r}: its weights do not fit a tiny model with these dims "
+            f"(first mismatch: {(wrong or sorted(set(saved) - set(mine)))[0]})"
+        )
+    model.load_state_dict(saved)
+
+
 def _check_run_dir(out: Path, config: TrainConfig) -> None:
     """Refuse an `out` that holds files unless the run resumes from its checkpoint or overwrites it."""
     names = contents(out)
@@ -207,6 +223,8 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     dims = _check_dims(config.dims)
     TaskMix.from_dict(config.mix)
     check_loss_weights(config.loss_weights)
+    if config.init not in (None, "bundled") and not (Path(config.init) / "config.json").is_file():
+        raise ValueError(f"TrainConfig.init={config.init!r} is not a saved tiny model (no config.json)")
     out = check_out_dir(config.out)
     _check_run_dir(out, config)
     resuming = config.resume and (out / CHECKPOINT).exists()
@@ -233,7 +251,10 @@ def _train(
     if config.threads:
         torch.set_num_threads(config.threads)
     checkpoint_path, log_path = out / CHECKPOINT, out / LOG
-    model = build_tiny(config.seed, dims).to(device).train()
+    model = build_tiny(config.seed, dims)
+    if config.init is not None and saved is None:
+        _load_init(model, config.init)
+    model = model.to(device).train()
     heads = AuxHeads.for_model(model).to(device)
     parameters = [*model.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(

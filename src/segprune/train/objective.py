@@ -12,7 +12,13 @@ them in the calibration run, issue 10). So we add, training only:
   size of what covers each patch, so each visual token carries its object's identity;
 - a head on CLIP's pooled CLS output: which colours and kinds the image holds, so CLS attention,
   which VisionZip, PruMerge and CSP's `cls` mode read, points at objects as in a real CLIP;
-- a head on each `[SEG]` state: the target's centre, a direct push to locate it in the image.
+- a head on each `[SEG]` state: the target's centre, a direct push to locate it in the image;
+- SAM's own pre-training task on a point drawn inside each target (`point_mask`: its three masks,
+  the best one's BCE + dice as SAM trains, and MSE of its IoU head), which gives the from-scratch
+  mask decoder something to segment with long before the LLM can steer it, and which SAM's
+  "everything" mode (Seg-First's instances) relies on;
+- `seg_point`: the `[SEG]` prompt token pulled (MSE) towards SAM's embedding of that point, so the
+  `[SEG]` state must say *where* the target is, which only the image tokens can tell the LLM.
 
 The heads live in `AuxHeads`, outside `SegModel`: they are saved in training checkpoints only.
 """
@@ -29,7 +35,16 @@ from torch import nn
 from segprune.checks import check_fields, check_number
 from segprune.train.samples import COLOUR_CLASSES, N_PRESENCE, SHAPE_CLASSES, SIZE_CLASSES
 
-WEIGHTS = {"lm": 1.0, "mask_bce": 2.0, "mask_dice": 2.0, "patches": 1.0, "presence": 0.5, "centre": 1.0}
+WEIGHTS = {
+    "lm": 1.0,
+    "mask_bce": 2.0,
+    "mask_dice": 2.0,
+    "patches": 1.0,
+    "presence": 0.5,
+    "centre": 1.0,
+    "point_mask": 1.0,
+    "seg_point": 1.0,
+}
 
 
 def check_loss_weights(weights: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +87,41 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> 
     return (1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
 
 
+def point_losses(
+    model: nn.Module, sam_embeddings: torch.Tensor, points: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's point-prompt loss and the point prompt tokens for `seg_point`.
+
+    `sam_embeddings` `(k, C, e, e)`, `points` `(k, 2)` pixel indices in SAM's input frame,
+    `targets` `(k, h, w)` soft masks. Of SAM's three masks per point the one with the lowest BCE +
+    dice is trained (SAM's rule for ambiguous points); its IoU head regresses each mask's IoU.
+    Returns the loss and `(k, C)` point embeddings (positive label, without SAM's padding token).
+    """
+    labels = torch.ones(len(points), 1, 1, dtype=torch.long, device=points.device)
+    sparse, _ = model.sam.prompt_encoder(
+        points[:, None, None, :].to(sam_embeddings.dtype), labels, None, None
+    )
+    out = model.sam(
+        image_embeddings=sam_embeddings,
+        input_points=points[:, None, None, :].to(sam_embeddings.dtype),
+        input_labels=labels,
+        multimask_output=True,
+    )
+    logits = out.pred_masks[:, 0].float()  # (k, 3, h, w)
+    target = targets[:, None].expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(-1)
+    p = logits.sigmoid().flatten(2)
+    t = target.flatten(2)
+    dice = 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+    per_mask = bce + dice  # (k, 3)
+    best = per_mask.min(dim=1).values.mean()
+    with torch.no_grad():
+        hard, truth = logits > 0, target > 0.5
+        iou = (hard & truth).flatten(2).sum(-1) / (hard | truth).flatten(2).sum(-1).clamp(min=1)
+    iou_loss = F.mse_loss(out.iou_scores[:, 0].float(), iou.float())
+    return best + iou_loss, sparse[:, 0, 0]
+
+
 def patch_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
     """Soft cross-entropy of `(B, n, classes)` logits against the colour/shape/size targets, summed."""
     total, start = logits.new_zeros(()), 0
@@ -92,6 +142,7 @@ def compute_losses(
     The batch's tensors must already be on the model's device. `weights` override entries of
     `WEIGHTS`. Keys: the `WEIGHTS` names and "total".
     """
+    weights = {**WEIGHTS, **check_loss_weights(weights or {})}
     captured: dict[str, Any] = {}
     llava = model.mllm.model
 
@@ -123,7 +174,9 @@ def compute_losses(
 
     # Masks: one per [SEG], from the state one before it (LISA's offset, as SegModel.segment reads it).
     rows, cols = (batch["input_ids"] == model.config.seg_token_id).nonzero(as_tuple=True)
-    sam_embeddings = model.sam.get_image_embeddings(batch["sam_pixels"])
+    # Not `sam.get_image_embeddings`: it runs under no_grad (LISA keeps SAM's trained encoder frozen),
+    # and ours starts from scratch. Runs before 2026-12-02 used it, so their SAM encoder stayed random.
+    sam_embeddings = model.sam.vision_encoder(batch["sam_pixels"])[0]
     if len(rows):
         states = hidden[rows, cols - 1]
         low_res = model.decode_masks(sam_embeddings[rows], states[:, None])[:, 0].float()
@@ -133,8 +186,16 @@ def compute_losses(
         losses["centre"] = F.smooth_l1_loss(
             heads.centre(states.float()).sigmoid(), batch["centres"], beta=0.05
         )
+        if weights["point_mask"] or weights["seg_point"]:
+            losses["point_mask"], point_tokens = point_losses(
+                model, sam_embeddings[rows], batch["points"], mask_targets
+            )
+            prompts = model.seg_projector(states.to(model.seg_projector[0].weight.dtype))
+            losses["seg_point"] = F.mse_loss(prompts.float(), point_tokens.detach().float())
+        else:  # the bundled model's recipe: no point terms, and none of their cost
+            losses["point_mask"] = losses["seg_point"] = hidden.new_zeros(())
     else:
-        for name in ("mask_bce", "mask_dice", "centre"):
+        for name in ("mask_bce", "mask_dice", "centre", "point_mask", "seg_point"):
             losses[name] = hidden.new_zeros(())
 
     # Dense and CLS probes on the towers.
@@ -147,7 +208,6 @@ def compute_losses(
     losses["presence"] = F.binary_cross_entropy_with_logits(
         heads.presence(captured["pooled"].float()), batch["presence"]
     )
-    weights = {**WEIGHTS, **check_loss_weights(weights or {})}
     losses = {name: weights[name] * value for name, value in losses.items()}
     losses["total"] = sum(losses.values())
     return losses

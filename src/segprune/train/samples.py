@@ -197,6 +197,7 @@ def make_sample(
     mask_targets = F.adaptive_avg_pool2d(masks[None].float(), low_res)[0][: len(targets)]
     height, width = scene.size
     centres = torch.tensor([scene.objects[t].center for t in targets], dtype=torch.float32).reshape(-1, 2)
+    points = inside_points([scene.objects[t].mask for t in targets], rng)
     return {
         "input_ids": torch.tensor(ids),
         "labels": torch.tensor(labels),
@@ -204,12 +205,25 @@ def make_sample(
         "sam_pixels": seg_inputs.sam_pixels([picture], sam_size).pixels[0],
         "mask_targets": mask_targets,
         "centres": centres / torch.tensor([width, height]),
+        "points": points * (sam_size / width) - 0.5,  # SAM's pixel indices (it adds 0.5); square scenes
         "vision_patches": patch_targets(
             scene, llava.vision_config.image_size // llava.vision_config.patch_size
         ),
         "sam_patches": patch_targets(scene, sam_size // sam.vision_config.patch_size),
         "presence": presence_target(scene),
     }
+
+
+def inside_points(masks: Sequence[np.ndarray], rng: np.random.Generator) -> torch.Tensor:
+    """One random `(x, y)` pixel centre inside each mask, `(len(masks), 2)` float pixels."""
+    points = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        if not len(xs):
+            raise ValueError("a target object has an empty mask; no point can be drawn inside it")
+        i = int(rng.integers(len(xs)))
+        points.append((xs[i] + 0.5, ys[i] + 0.5))
+    return torch.tensor(points, dtype=torch.float32).reshape(-1, 2)
 
 
 def collate(samples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
@@ -228,6 +242,7 @@ def collate(samples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, A
         "attention_mask": attention_mask,
         "mask_targets": torch.cat([s["mask_targets"] for s in samples]),
         "centres": torch.cat([s["centres"] for s in samples]),
+        "points": torch.cat([s["points"] for s in samples]),
     }
     for key in ("pixel_values", "sam_pixels", "presence"):
         out[key] = torch.stack([s[key] for s in samples])
