@@ -176,7 +176,9 @@ def test_point_terms_train_sams_point_path_and_pull_seg_towards_the_point(small_
 
     model, batch = small_model.train(), _batch(small_model, scene)
     heads = AuxHeads.for_model(model)
-    only = {name: 0.0 for name in ("lm", "mask_bce", "mask_dice", "patches", "presence", "centre")}
+    only = dict.fromkeys(
+        ("lm", "mask_bce", "mask_dice", "patches", "patch_position", "presence", "centre"), 0.0
+    )
     # point_mask alone: gradients reach SAM's decoder and image encoder (which runs with grad, unlike
     # `SamModel.get_image_embeddings`), never the LLM.
     model.zero_grad()
@@ -235,3 +237,12 @@ def test_init_starts_from_a_saved_model_and_refuses_one_that_does_not_fit(tmp_pa
         train(TrainConfig(out=str(tmp_path / "other"), init="bundled", **settings))
     with pytest.raises(ValueError, match="not a saved tiny model"):
         train(TrainConfig(out=str(tmp_path / "other"), init=str(tmp_path / "nothing"), **settings))
+
+
+def test_patch_centres_are_row_major_x_then_y():
+    from segprune.train.objective import patch_centres
+
+    expected = [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
+    assert patch_centres(4)[0].tolist() == expected
+    with pytest.raises(ValueError, match="5 patch features"):
+        patch_centres(5)

@@ -10,6 +10,10 @@ them in the calibration run, issue 10). So we add, training only:
 
 - dense heads on the CLIP features LLaVA projects (and on SAM's embeddings): the colour, kind and
   size of what covers each patch, so each visual token carries its object's identity;
+- a head on the same features: where each patch is (its centre, x and y in 0..1). LLaVA's 1-D RoPE
+  tells attention where a token sits but not the values it passes on, so without this the `[SEG]`
+  state could find the target's tokens and still not say where they are (seen: `centre` and
+  `seg_point` flat for 800 steps);
 - a head on CLIP's pooled CLS output: which colours and kinds the image holds, so CLS attention,
   which VisionZip, PruMerge and CSP's `cls` mode read, points at objects as in a real CLIP;
 - a head on each `[SEG]` state: the target's centre, a direct push to locate it in the image;
@@ -25,6 +29,7 @@ The heads live in `AuxHeads`, outside `SegModel`: they are saved in training che
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +47,7 @@ WEIGHTS = {
     "patches": 1.0,
     "presence": 0.5,
     "centre": 1.0,
+    "patch_position": 1.0,
     "point_mask": 1.0,
     "seg_point": 1.0,
 }
@@ -59,12 +65,13 @@ HEADS = {"colour": len(COLOUR_CLASSES), "shape": len(SHAPE_CLASSES), "size": len
 
 
 class AuxHeads(nn.Module):
-    """Linear probes used only in training: per-patch classes (CLIP, SAM), presence (CLS), centre ([SEG])."""
+    """Linear probes used only in training: per-patch classes (CLIP, SAM) and positions (CLIP), presence (CLS), centre ([SEG])."""
 
     def __init__(self, vision_width: int, sam_width: int, llm_width: int) -> None:
         super().__init__()
         classes = sum(HEADS.values())
         self.vision_patches = nn.Linear(vision_width, classes)
+        self.vision_position = nn.Linear(vision_width, 2)
         self.sam_patches = nn.Linear(sam_width, classes)
         self.presence = nn.Linear(vision_width, N_PRESENCE)
         self.centre = nn.Linear(llm_width, 2)
@@ -120,6 +127,16 @@ def point_losses(
         iou = (hard & truth).flatten(2).sum(-1) / (hard | truth).flatten(2).sum(-1).clamp(min=1)
     iou_loss = F.mse_loss(out.iou_scores[:, 0].float(), iou.float())
     return best + iou_loss, sparse[:, 0, 0]
+
+
+def patch_centres(n: int) -> torch.Tensor:
+    """`(1, n, 2)` centres (x, y in 0..1) of the patches of a square grid of `n`, row-major."""
+    grid = math.isqrt(n)
+    if grid * grid != n:
+        raise ValueError(f"{n} patch features do not form a square grid")
+    centre = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    y, x = torch.meshgrid(centre, centre, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=-1)[None]
 
 
 def patch_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -201,6 +218,11 @@ def compute_losses(
     # Dense and CLS probes on the towers.
     features = captured["hidden_states"][model.config.llava_config.vision_feature_layer][:, 1:]
     sam_features = sam_embeddings.flatten(2).transpose(1, 2)
+    losses["patch_position"] = F.smooth_l1_loss(
+        heads.vision_position(features.float()).sigmoid(),
+        patch_centres(features.shape[1]).to(features.device).expand(len(features), -1, -1),
+        beta=0.05,
+    )
     losses["patches"] = patch_loss(heads.vision_patches(features.float()), batch["vision_patches"])
     losses["patches"] = losses["patches"] + patch_loss(
         heads.sam_patches(sam_features.float()), batch["sam_patches"]
