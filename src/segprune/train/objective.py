@@ -65,7 +65,10 @@ HEADS = {"colour": len(COLOUR_CLASSES), "shape": len(SHAPE_CLASSES), "size": len
 
 
 class AuxHeads(nn.Module):
-    """Linear probes used only in training: per-patch classes (CLIP, SAM) and positions (CLIP), presence (CLS), centre ([SEG])."""
+    """Linear probes used only in training.
+
+    Per-patch classes (CLIP, SAM) and positions (CLIP), presence (CLS), centre (`[SEG]`).
+    """
 
     def __init__(self, vision_width: int, sam_width: int, llm_width: int) -> None:
         super().__init__()
