@@ -1,10 +1,11 @@
 """The blind baseline of a sweep: referring segmentation with no image token reaching the LLM.
 
-    python benchmarks/blind_refseg.py OUT [--data shapes:2024:300] [--queries-per-scene 4]
+    python benchmarks/blind_refseg.py OUT [--data shapes:2024:300] [--queries-per-scene 4] [--model DIR]
 
 Writes OUT/refseg/blind/dense/samples.jsonl (index, intersection, union, tags: the records
 `segprune eval` writes) for the bundled tiny model on the sweep's refseg samples, so
-`sweep_report.py` can compare any cell with it. Uses `SegModel.segment(..., image_tokens=False)`
+`sweep_report.py` can compare any cell with it (`--model`: a `train-tiny` output's model directory
+instead of the bundled model). Uses `SegModel.segment(..., image_tokens=False)`
 (image tokens removed, text at its usual positions, mask decoder unchanged).
 """
 
@@ -28,9 +29,10 @@ def main() -> None:
     parser.add_argument("--data", default="shapes:2024:300")
     parser.add_argument("--queries-per-scene", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--model", default=None, help="a saved tiny model directory (default: bundled)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = tiny().eval()
+    model = tiny(args.model).eval()
     items = load_items(parse_data(args.data, queries_per_scene=args.queries_per_scene), "refseg")
     cell = args.out / "refseg" / "blind" / "dense"
     cell.mkdir(parents=True, exist_ok=True)

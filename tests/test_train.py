@@ -246,3 +246,32 @@ def test_patch_centres_are_row_major_x_then_y():
     assert patch_centres(4)[0].tolist() == expected
     with pytest.raises(ValueError, match="5 patch features"):
         patch_centres(5)
+
+
+def test_attention_loss_is_minus_log_of_the_targets_share(small_model):
+    import math
+    import types
+
+    from segprune.train.objective import attention_loss
+
+    llava = small_model.config.llava_config
+    grid = llava.vision_config.image_size // llava.vision_config.patch_size
+    n, image_id = grid * grid, llava.image_token_id
+    text = image_id + 1
+    ids = torch.tensor([[text, *([image_id] * n), text, text]])  # a text token, the image, two more
+    reader = n + 2
+    target = torch.zeros(1, 2 * grid, 2 * grid)
+    target[0, :grid] = 1.0  # the top half of the image: the first n / 2 tokens
+    attention = torch.zeros(1, 2, n + 3, n + 3)
+    attention[0, :, reader, 1 : 1 + n // 2] = 1.0 / n  # half the row on the target's tokens ...
+    attention[0, :, reader, 1 + n // 2 : 1 + n] = 1.0 / n  # ... half on the rest
+    config = types.SimpleNamespace(llava_config=llava)
+    rows, readers = torch.tensor([0]), torch.tensor([reader])
+    loss = attention_loss([attention, attention], ids, rows, readers, target, config)
+    assert float(loss) == pytest.approx(-math.log(0.5 + 1e-6), rel=1e-4)
+    attention[0, :, reader, 1 + n // 2 : 1 + n] = 0.0  # all of it on the target: loss ~ 0
+    assert float(attention_loss([attention], ids, rows, readers, target, config)) == pytest.approx(
+        0, abs=1e-5
+    )
+    with pytest.raises(ValueError, match="eager attention"):
+        attention_loss(None, ids, rows, readers, target, config)

@@ -34,7 +34,7 @@ from segprune.models.tiny import TinyDims, build_tiny
 from segprune.outdir import check_out_dir, contents, locked
 from segprune.train.config import SAME_ON_RESUME, TrainConfig, learning_rate
 from segprune.train.evaluate import VAL_SEED, evaluate_refseg, validation_set
-from segprune.train.objective import AuxHeads, check_loss_weights, compute_losses
+from segprune.train.objective import WEIGHTS, AuxHeads, check_loss_weights, compute_losses
 from segprune.train.samples import TaskMix, collate, make_sample
 
 CHECKPOINT, LOG, MODEL = "checkpoint.pt", "log.jsonl", "model"
@@ -255,6 +255,8 @@ def _train(
     if config.init is not None and saved is None:
         _load_init(model, config.init)
     model = model.to(device).train()
+    if {**WEIGHTS, **config.loss_weights}["seg_attention"]:
+        model.mllm.set_attn_implementation("eager")  # the seg_attention term reads attention weights
     heads = AuxHeads.for_model(model).to(device)
     parameters = [*model.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(

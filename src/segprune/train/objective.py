@@ -21,6 +21,12 @@ them in the calibration run, issue 10). So we add, training only:
   the best one's BCE + dice as SAM trains, and MSE of its IoU head), which gives the from-scratch
   mask decoder something to segment with long before the LLM can steer it, and which SAM's
   "everything" mode (Seg-First's instances) relies on;
+- `seg_attention` (off by default; needs eager attention): the state that decodes each `[SEG]`
+  asked to put its attention, in every decoder layer, on the image tokens its target covers
+  (-log of that share, tokens weighted by the fraction of their patch the target covers). Without
+  it the bundled model's `[SEG]` state spreads its attention over the whole image (about 4% on the
+  target's tokens, which are 4.5% of them: `benchmarks/seg_attention.py`). It makes the test-bed
+  find objects as attention-ranked pruning assumes real models do, so it favours those methods;
 - `seg_point`: the `[SEG]` prompt token pulled (MSE) towards SAM's embedding of that point, so the
   `[SEG]` state must say *where* the target is, which only the image tokens can tell the LLM.
 
@@ -30,7 +36,7 @@ The heads live in `AuxHeads`, outside `SegModel`: they are saved in training che
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -50,6 +56,7 @@ WEIGHTS = {
     "patch_position": 1.0,
     "point_mask": 1.0,
     "seg_point": 1.0,
+    "seg_attention": 0.0,
 }
 
 
@@ -132,6 +139,35 @@ def point_losses(
     return best + iou_loss, sparse[:, 0, 0]
 
 
+def attention_loss(
+    attentions: Sequence[torch.Tensor] | None,
+    input_ids: torch.Tensor,
+    rows: torch.Tensor,
+    readers: torch.Tensor,
+    mask_targets: torch.Tensor,
+    config: Any,
+) -> torch.Tensor:
+    """-log of the share of each reader's attention (mean over heads, every layer) on its target's tokens.
+
+    `attentions`: the decoder's `(B, heads, L, L)` per layer (eager attention). `rows`, `readers`:
+    the sample and position of the state that decodes each `[SEG]`; `mask_targets` `(k, h, w)` its
+    target's soft mask over the whole (square) image, pooled here to the image-token grid.
+    """
+    if not attentions or attentions[0] is None:
+        raise ValueError("the seg_attention loss needs attention weights: train with eager attention")
+    llava = config.llava_config
+    grid = llava.vision_config.image_size // llava.vision_config.patch_size
+    cover = F.adaptive_avg_pool2d(mask_targets[:, None].float(), grid).flatten(1)  # (k, N)
+    image = input_ids[rows] == llava.image_token_id  # (k, L); N image tokens per row, in order
+    total = mask_targets.new_zeros(())
+    for attention in attentions:
+        row = attention[rows, :, readers].float().mean(1)  # (k, L)
+        on_image = row[image].reshape(len(rows), -1)  # (k, N)
+        share = (on_image * cover).sum(1) / on_image.sum(1).clamp(min=1e-12)
+        total = total - torch.log(share + 1e-6).mean()
+    return total / len(attentions)
+
+
 def patch_centres(n: int) -> torch.Tensor:
     """`(1, n, 2)` centres (x, y in 0..1) of the patches of a square grid of `n`, row-major."""
     grid = math.isqrt(n)
@@ -179,6 +215,7 @@ def compute_losses(
             position_ids=position_ids,
             pixel_values=batch["pixel_values"],
             use_cache=False,
+            output_attentions=bool(weights["seg_attention"]),
         )
     finally:
         hook.remove()
@@ -214,8 +251,14 @@ def compute_losses(
             losses["seg_point"] = F.mse_loss(prompts.float(), point_tokens.detach().float())
         else:  # the bundled model's recipe: no point terms, and none of their cost
             losses["point_mask"] = losses["seg_point"] = hidden.new_zeros(())
+        if weights["seg_attention"]:
+            losses["seg_attention"] = attention_loss(
+                out.attentions, batch["input_ids"], rows, cols - 1, mask_targets, model.config
+            )
+        else:
+            losses["seg_attention"] = hidden.new_zeros(())
     else:
-        for name in ("mask_bce", "mask_dice", "centre", "point_mask", "seg_point"):
+        for name in ("mask_bce", "mask_dice", "centre", "point_mask", "seg_point", "seg_attention"):
             losses[name] = hidden.new_zeros(())
 
     # Dense and CLS probes on the towers.
