@@ -156,3 +156,171 @@ def test_cli_writes_table_and_rejects_bad_values(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "--preset", "tiny", "--out", str(out)]) == 2
         assert "no CUDA device here" in capsys.readouterr().err
+
+
+# -- end-to-end grounded generation (segprune bench --e2e) ------------------------------------------
+
+GCG = {"device": "cpu", "dtype": torch.float32, "repeats": 1, "warmup": 0, "progress": lambda _: None}
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: a generation is hundreds of tiny ops, and on a busy 2-core machine each
+    hand-off between two threads can wait a whole scheduler slice (100x slower, seen here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+FASTV_ROWS = [("fastv", "eager"), ("fastv", "graphed")]
+
+
+def test_gcg_tables_rows_and_exactness(tmp_path, one_thread):
+    import json
+
+    from segprune.bench.gcg import run_gcg
+
+    rows = run_gcg("tiny", ["fastv"], [0.75], [1, "max"], new_tokens=4, max_batch=3, out=tmp_path, **GCG)
+    kinds = [(r.table, r.method, r.kind) for r in rows]
+    assert kinds == [
+        (table, method, kind)
+        for table in ("batch 1", "max batch")
+        for method, kind in [*[("none", k) for k in ("no-cache", "eager", "graphed")], *FASTV_ROWS]
+    ]
+    # On CPU nothing is probed: the max batch is the largest power of two within the cap.
+    assert {r.batch for r in rows if r.table == "max batch"} == {2}
+    assert {r.mode for r in rows if r.kind == "graphed"} == {"static-eager"}
+    for r in rows:
+        assert r.new_tokens == 4 and r.ttft_ms > 0 and r.total_ms >= r.ttft_ms
+        assert r.decode_ms_per_token == pytest.approx((r.total_ms - r.ttft_ms) / 3)
+        assert r.tokens_per_s == pytest.approx(1000 * r.batch * 4 / r.total_ms)
+        # The reference design re-runs the whole sequence and the graphed path decodes from static
+        # buffers: both give the cached decode's greedy tokens exactly.
+        assert r.token_match == (None if r.kind == "eager" else 1.0)
+    unpruned = next(r for r in rows if r.kind == "eager" and r.method == "none")
+    fastv = next(r for r in rows if r.kind == "eager" and r.method == "fastv")
+    assert fastv.n_avg < unpruned.n_avg == 64 and fastv.kv_cache_mb < unpruned.kv_cache_mb
+    # KV cache after 4 tokens: 16 layers of (62 text + 64 image + 3 fed tokens) keys, 2 KV heads x 8, fp32.
+    assert unpruned.kv_cache_mb * 2**20 == 2 * 16 * (62 + 64 + 3) * 2 * 8 * 4
+    graphed = next(r for r in rows if r.kind == "graphed" and r.method == "none" and r.batch == 1)
+    assert graphed.kv_cache_mb == pytest.approx(unpruned.kv_cache_mb)  # buffers: prefill + 3 slots
+    for stem in ("gcg-batch1", "gcg-max"):
+        data = json.loads((tmp_path / f"{stem}.json").read_text())
+        assert data["complete"] and len(data["rows"]) == 5
+        table = (tmp_path / f"{stem}.md").read_text()
+        assert "A decode step reads the decoder's and LM head's weights once" in table
+        assert "| none | no-cache | eager |" in table and "in progress" not in table
+    assert "| 2 | 75% | fastv | graphed | static-eager |" in (tmp_path / "gcg-max.md").read_text()
+
+
+def test_gcg_cut_short_keeps_finished_tables(tmp_path, one_thread):
+    import json
+
+    from segprune.bench.gcg import run_gcg
+
+    def stop_in_second_table(line):
+        if line.startswith("batch 2") and "eager" in line:
+            raise KeyboardInterrupt
+
+    common = {**GCG, "progress": stop_in_second_table}
+    with pytest.raises(KeyboardInterrupt):
+        kinds = ["no-cache", "eager"]
+        run_gcg("tiny", ["fastv"], [0.9], [1, 2], new_tokens=3, kinds=kinds, out=tmp_path, **common)
+    first = json.loads((tmp_path / "gcg-batch1.json").read_text())
+    assert first["complete"] and [r["kind"] for r in first["rows"]] == ["no-cache", "eager", "eager"]
+    second = json.loads((tmp_path / "gcg-batch2.json").read_text())
+    assert not second["complete"] and [r["kind"] for r in second["rows"]] == ["eager"]
+    assert "(in progress: rows so far)" in (tmp_path / "gcg-batch2.md").read_text()
+
+
+def test_gcg_bad_values():
+    from segprune.bench.gcg import run_gcg
+
+    for kwargs, message in [
+        ({"new_tokens": 1}, "new_tokens=1 is out of range; valid: value >= 2"),
+        ({"kinds": ["cached"]}, "row kind 'cached' is not valid"),
+        ({"batches": [0]}, "batches=0 is out of range"),
+        ({"batches": ["most"]}, "batches='most' must be an integer"),
+        ({"max_batch": 0}, "max_batch=0 is out of range"),
+        ({"methods": ["fast"]}, "unknown method"),
+    ]:
+        args = {"methods": ["fastv"], "batches": [1], **kwargs}
+        with pytest.raises(ValueError, match=message):
+            run_gcg("tiny", args.pop("methods"), [0.5], args.pop("batches"), **{**GCG, **args})
+
+
+def test_cli_e2e_writes_tables_and_rejects_bad_values(tmp_path, capsys, one_thread):
+    from segprune.cli import main
+
+    out = tmp_path / "e2e"
+    args = ["bench", "--e2e", "--preset", "tiny", "--device", "cpu", "--dtype", "float32"]
+    args += ["--methods", "altp"]
+    args += ["--reductions", "0.9", "--batches", "1", "--new-tokens", "3", "--repeats", "1", "--warmup", "0"]
+    args += ["--rows", "eager,graphed", "--out", str(out)]
+    assert main(args) == 0
+    table = (out / "gcg-batch1.md").read_text()
+    assert table.startswith("`segprune bench --e2e --preset tiny") and "CPU (" in table
+    assert "| 1 | 90% | altp | graphed | static-eager |" in table
+    assert "| 1 | 90% | altp | graphed |" in capsys.readouterr().out
+    for extra, message in [
+        (["--new-tokens", "1"], "--new-tokens=1 is out of range"),
+        (["--rows", "cached"], "row kind 'cached' is not valid"),
+        (["--max-batch", "0"], "--max-batch=0 is out of range"),
+        (["--graph"], "--graph applies to the prefill tables"),
+    ]:
+        assert main([*args, *extra]) == 2
+        assert message in capsys.readouterr().err
+    no_e2e = [a for a in args if a != "--e2e"]
+    assert main([*no_e2e[:-2], "--batches", "max", "--out", str(out)]) == 2
+    assert "--batches max is valid with --e2e only" in capsys.readouterr().err
+
+
+def test_gcg_failed_row_is_named_and_the_run_goes_on(tmp_path, monkeypatch, one_thread):
+    from segprune.bench import gcg
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("capture broke")
+
+    monkeypatch.setattr(gcg.GraphedGeneration, "__init__", broken)
+    said = []
+    common = {**GCG, "progress": said.append}
+    rows = gcg.run_gcg(
+        "tiny", ["fastv"], [0.9], [1], new_tokens=2, kinds=["eager", "graphed"], out=tmp_path, **common
+    )
+    assert [(r.method, r.kind) for r in rows] == [("none", "eager"), ("fastv", "eager")]
+    table = (tmp_path / "gcg-batch1.md").read_text()
+    assert "Failed: batch 1 none graphed r=None: RuntimeError: capture broke" in table
+    assert "Failed: batch 1 fastv graphed r=0.9: RuntimeError: capture broke" in table
+    assert sum("failed" in line for line in said) == 2
+
+
+def test_largest_batch_doubles_until_out_of_memory(monkeypatch):
+    import types
+
+    from segprune.bench import gcg
+
+    tried = []
+
+    def prepare(model, kind, batch, new_tokens):
+        tried.append(batch)
+        return None if batch > 4 else types.SimpleNamespace(batch=batch)
+
+    monkeypatch.setattr(gcg, "prepare", prepare)
+    cuda = types.SimpleNamespace(device=torch.device("cuda"))
+    assert gcg.largest_batch(cuda, "eager", 4, cap=64).batch == 4
+    assert tried == [1, 2, 4, 8, 4]  # the last fit is rebuilt: trials free their memory for the next
+    tried.clear()
+    assert gcg.largest_batch(cuda, "eager", 4, cap=3).batch == 2 and tried == [1, 2]  # powers of two
+    tried.clear()
+    cpu = types.SimpleNamespace(device=torch.device("cpu"))
+    assert gcg.largest_batch(cpu, "eager", 4, cap=6).batch == 4 and tried == [4]  # nothing probed
+    # An allocation failing inside a CUDA graph capture surfaces as the capture's error.
+    try:
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.cuda.OutOfMemoryError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")  # noqa: B904
+    except RuntimeError as err:
+        assert gcg._out_of_memory(err)
+    assert not gcg._out_of_memory(RuntimeError("shape mismatch"))

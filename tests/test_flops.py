@@ -16,6 +16,7 @@ from segprune.flops import (
     FORMULAS,
     PRESETS,
     TEXT_TOKENS,
+    GQADims,
     ModelDims,
     altp_fraction,
     decoder_flops,
@@ -227,6 +228,53 @@ def test_presets_and_from_config() -> None:
     )
 
 
+def test_grouped_query_attention_by_hand() -> None:
+    """k and v project to d_kv = kv heads x head size: 2 n d^2 + 2 n d d_kv + 2 n^2 d + k n d m.
+
+    n = 3 tokens, d = 4, d_kv = 2 (1 of 2 heads of size 2), m = 5:
+    2*3*16 + 2*3*4*2 + 2*9*4 + 3*3*4*5 = 96 + 48 + 72 + 180 = 396 (csp); 396 - 60 = 336 (altp).
+    Without GQA (d_kv = d = 4): 4*3*16 + 72 + 180 = 444."""
+    assert layer_flops(3, 4, 5, "csp", kv=2) == 396
+    assert layer_flops(3, 4, 5, "altp", kv=2) == 336
+    assert layer_flops(3, 4, 5, "csp") == layer_flops(3, 4, 5, "csp", kv=4) == 444
+    dims = GQADims(num_layers=2, hidden_size=4, intermediate_size=5, image_tokens=2, kv_size=2)
+    assert decoder_flops([2, 1], dims, text_tokens=1) == 2 * (396 + layer_flops(2, 4, 5, kv=2))
+    assert ModelDims(2, 4, 5, 2).kv_width == 4 and dims.kv_width == 2
+    assert dims != ModelDims(2, 4, 5, 2)
+
+
+def test_qwen25_vl_presets() -> None:
+    """Qwen2.5-VL-7B: 28 layers, d = 3584, 28 heads of 128, 4 kv heads (d_kv = 512), m = 18944; a
+    672 px image is 24 x 24 merged tokens of 28 px = 576, a 448 px one 16 x 16 = 256.
+
+    One dense layer at n = 62 + 576 = 638 tokens, by hand (MACs, CSP formula):
+    2*638*3584^2 + 2*638*3584*512 + 2*638^2*3584 + 3*638*3584*18944
+    = 16_390_291_456 + 2_341_470_208 + 2_917_691_392 + 129_951_596_544 = 151_601_049_600."""
+    dims = preset("qwen2.5-vl-7b-672")
+    assert dims == GQADims(28, 3584, 18944, 576, kv_size=512)
+    assert preset("qwen2.5-vl-7b-448").image_tokens == 256
+    n = 638
+    by_hand = 2 * n * 3584**2 + 2 * n * 3584 * 512 + 2 * n**2 * 3584 + 3 * n * 3584 * 18944
+    assert by_hand == 151_601_049_600
+    assert layer_flops(n, 3584, 18944, kv=512) == by_hand
+    assert decoder_flops([576] * 28, dims) == 2 * 28 * by_hand  # 8.49 TFLOPs dense
+    # Counting k and v at full width would overstate each layer by 2 n d (d - d_kv) = 14.0 GMACs.
+    assert layer_flops(n, 3584, 18944) - by_hand == 2 * n * 3584 * (3584 - 512)
+    text = SimpleNamespace(
+        num_hidden_layers=28,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+    )
+    assert ModelDims.from_config(SimpleNamespace(text_config=text), 576, grouped_kv=True) == dims
+    # Without grouped_kv, the papers' convention (k and v at full width), as recorded results use.
+    assert ModelDims.from_config(SimpleNamespace(text_config=text), 576) == ModelDims(28, 3584, 18944, 576)
+    dense_heads = SimpleNamespace(**{**vars(text), "num_key_value_heads": 28})
+    assert type(ModelDims.from_config(dense_heads, 576, grouped_kv=True)) is ModelDims
+    assert "d_kv=512" in format_report(report([576] * 28, "qwen2.5-vl-7b-672"))
+
+
 def test_report_and_format() -> None:
     """report() fields are consistent and format_report() prints an aligned table."""
     r = report(csp_schedule(preset("llava-1.5-7b-336"), 6, 128, 9, 32), "llava-1.5-7b-336")
@@ -274,6 +322,9 @@ def test_pruning_never_costs_more_than_dense(live: list[int], formula: str) -> N
         (lambda: n_avg([1, -2]), "-2"),
         (lambda: ModelDims(0, 4096, 11008, 256), "num_layers"),
         (lambda: ModelDims(32, 4096, 11008, -1), "-1"),
+        (lambda: GQADims(32, 4096, 11008, 256, kv_size=8192), "kv_size=8192"),
+        (lambda: GQADims(32, 4096, 11008, 256, kv_size=0), "kv_size=0"),
+        (lambda: layer_flops(2, 3, 5, kv=0), "0"),
         (lambda: ModelDims.from_config(SimpleNamespace(hidden_size=1), 256), "num_hidden_layers"),
         (lambda: report([0] * 32, "nope"), "'nope'"),
     ],

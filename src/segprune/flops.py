@@ -7,6 +7,11 @@ with hidden size ``d`` and FFN intermediate size ``m``:
 * ``"csp"`` -- LVLM_CSP, Eqs. 10-11: ``4 n d^2 + 2 n^2 d + 3 n d m`` (gated FFN, three matrices);
 * ``"altp"`` -- ALTP, Eq. 5: ``4 n d^2 + 2 n^2 d + 2 n d m``.
 
+Both papers' decoders give keys and values as many heads as queries. With grouped-query attention
+(Qwen2.5-VL: 4 key/value heads for 28 query heads) the k and v projections are ``d x d_kv`` with
+``d_kv`` = key/value heads x head size, so ``4 n d^2`` becomes ``2 n d^2 + 2 n d d_kv``; the
+attention term ``2 n^2 d`` stays (every query head still scores and mixes all ``n`` tokens).
+
 Both expressions count multiply-accumulates; :func:`decoder_flops` multiplies by
 :data:`FLOPS_PER_MAC` (= 2), which is what reproduces the CSP paper's Table 6 TFLOPs.
 Neither paper states its text-token count; :data:`TEXT_TOKENS` holds the values fitted to the
@@ -15,6 +20,7 @@ papers' tables (see ``docs/flops.md``). Only the standard library is used: no mo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
@@ -29,6 +35,7 @@ __all__ = [
     "PRESETS",
     "TEXT_TOKENS",
     "FlopsReport",
+    "GQADims",
     "ModelDims",
     "altp_fraction",
     "decoder_flops",
@@ -53,7 +60,7 @@ _FFN_MATRICES = {"csp": 3, "altp": 2}
 
 @dataclass(frozen=True)
 class ModelDims:
-    """Decoder dimensions that the FLOPs formulas need.
+    """Decoder dimensions that the FLOPs formulas need (keys and values as wide as queries).
 
     Attributes:
         num_layers: number of decoder layers ``L`` (``T`` in the ALTP paper).
@@ -74,12 +81,21 @@ class ModelDims:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"ModelDims.{field} must be a positive integer, got {value!r}")
 
+    @property
+    def kv_width(self) -> int:
+        """The width ``d_kv`` of the k and v projections: ``hidden_size`` here (see `GQADims`)."""
+        return self.hidden_size
+
     @classmethod
-    def from_config(cls, config: object, image_tokens: int) -> ModelDims:
+    def from_config(cls, config: object, image_tokens: int, grouped_kv: bool = False) -> ModelDims:
         """Read the dimensions from a Hugging Face-style config object (duck-typed).
 
-        Uses ``config.text_config`` when present (LLaVA configs), otherwise ``config`` itself,
-        and reads ``num_hidden_layers``, ``hidden_size`` and ``intermediate_size`` from it.
+        Uses ``config.text_config`` when present (LLaVA and Qwen2-VL configs), otherwise ``config``
+        itself, and reads ``num_hidden_layers``, ``hidden_size`` and ``intermediate_size`` from it.
+        ``grouped_kv``: also read ``num_key_value_heads`` and the head size (``head_dim``, or
+        ``hidden_size / num_attention_heads``) and return `GQADims` when the key/value width
+        ``d_kv`` is narrower than ``hidden_size``; without it the papers' convention holds (k and v
+        counted at full width), which is what results recorded so far used.
         """
         text_config = getattr(config, "text_config", None)
         source = config if text_config is None else text_config
@@ -88,19 +104,60 @@ class ModelDims:
             if not hasattr(source, name):
                 raise ValueError(f"config {type(source).__name__} has no attribute {name!r}")
             values[name] = getattr(source, name)
-        return cls(
+        dims = ModelDims(
             num_layers=values["num_hidden_layers"],
             hidden_size=values["hidden_size"],
             intermediate_size=values["intermediate_size"],
             image_tokens=image_tokens,
         )
+        heads = getattr(source, "num_attention_heads", None)
+        if not grouped_kv or not heads:
+            return dims
+        kv_heads = getattr(source, "num_key_value_heads", None) or heads
+        head_dim = getattr(source, "head_dim", None) or values["hidden_size"] // heads
+        kv_size = kv_heads * head_dim
+        return dims if kv_size == dims.hidden_size else GQADims(*dataclasses.astuple(dims), kv_size=kv_size)
+
+
+@dataclass(frozen=True)
+class GQADims(ModelDims):
+    """`ModelDims` of a decoder with grouped-query attention, whose k and v project to fewer columns.
+
+    Attributes:
+        kv_size: ``d_kv``, key/value heads x head size (Qwen2.5-VL-7B: 4 x 128 = 512), in
+            1..hidden_size.
+    """
+
+    kv_size: int = 0
+
+    def __post_init__(self) -> None:
+        """Check every dimension, and that ``1 <= kv_size <= hidden_size``."""
+        super().__post_init__()
+        value = self.kv_size
+        valid = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not valid or not 1 <= value <= self.hidden_size:
+            raise ValueError(
+                f"GQADims.kv_size={value!r} is out of range; valid: 1 <= kv_size <= hidden_size "
+                f"({self.hidden_size})"
+            )
+
+    @property
+    def kv_width(self) -> int:
+        """The width ``d_kv`` of the k and v projections."""
+        return self.kv_size
+
+
+def _preset_dims(p: presets.LlavaPreset | presets.QwenVLPreset) -> ModelDims:
+    d = p.decoder
+    dims = ModelDims(d.layers, d.hidden, d.intermediate, p.image_tokens)
+    return dims if d.kv_size == d.hidden else GQADims(*dataclasses.astuple(dims), kv_size=d.kv_size)
 
 
 PRESETS: dict[str, ModelDims] = {
-    name: ModelDims(p.decoder.layers, p.decoder.hidden, p.decoder.intermediate, p.image_tokens)
-    for name, p in presets.PRESETS.items()
+    name: _preset_dims(p) for name, p in {**presets.PRESETS, **presets.QWEN_PRESETS}.items()
 }
-"""The decoders of `segprune.presets.PRESETS`: LLaVA-1.5 (Vicuna-7B / 13B), CLIP ViT-L/14 at 224 or 336 px."""
+"""The decoders of `segprune.presets`: LLaVA-1.5 (Vicuna-7B / 13B, CLIP ViT-L/14 at 224 or 336 px)
+and Qwen2.5-VL-7B (`GQADims`, at 448 or 672 px square images: 256 or 576 image tokens)."""
 
 
 def preset(name: str) -> ModelDims:
@@ -122,17 +179,20 @@ def _check_count(name: str, value: float, upper: float = math.inf) -> None:
     check_number(name, value, 0, None if math.isinf(upper) else upper)
 
 
-def layer_flops(n: float, d: int, m: int, formula: str = "csp") -> float:
+def layer_flops(n: float, d: int, m: int, formula: str = "csp", kv: int | None = None) -> float:
     """Return one decoder layer's cost in the paper's own units (multiply-accumulates).
 
-    ``csp``: ``4 n d^2 + 2 n^2 d + 3 n d m``; ``altp``: ``4 n d^2 + 2 n^2 d + 2 n d m``.
+    ``csp``: ``4 n d^2 + 2 n^2 d + 3 n d m``; ``altp``: ``4 n d^2 + 2 n^2 d + 2 n d m``. With
+    grouped-query attention (``kv`` = the k/v projections' width ``d_kv`` < ``d``) the projections
+    cost ``2 n d^2 + 2 n d d_kv`` instead of ``4 n d^2``; ``kv=None`` means ``d``.
     """
     _check_formula(formula)
     _check_count("token count n", n)
-    for name, value in (("hidden size d", d), ("intermediate size m", m)):
+    kv = d if kv is None else kv
+    for name, value in (("hidden size d", d), ("intermediate size m", m), ("k/v width d_kv", kv)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return 4 * n * d * d + 2 * n * n * d + _FFN_MATRICES[formula] * n * d * m
+    return 2 * n * d * d + 2 * n * d * kv + 2 * n * n * d + _FFN_MATRICES[formula] * n * d * m
 
 
 def _check_live(live_image_tokens: Sequence[float], dims: ModelDims) -> tuple[float, ...]:
@@ -163,8 +223,8 @@ def decoder_flops(
     live = _check_live(live_image_tokens, dims)
     text = TEXT_TOKENS[formula] if text_tokens is None else text_tokens
     _check_count("text_tokens", text)
-    d, m = dims.hidden_size, dims.intermediate_size
-    return FLOPS_PER_MAC * sum(layer_flops(text + count, d, m, formula) for count in live)
+    d, m, kv = dims.hidden_size, dims.intermediate_size, dims.kv_width
+    return FLOPS_PER_MAC * sum(layer_flops(text + count, d, m, formula, kv) for count in live)
 
 
 def n_avg(live_image_tokens: Sequence[float]) -> float:
@@ -273,6 +333,8 @@ def format_report(r: FlopsReport) -> str:
     """Return a short aligned plain-text table of a :class:`FlopsReport` for a terminal."""
     d = r.dims
     model = f"L={d.num_layers} d={d.hidden_size} m={d.intermediate_size} N={d.image_tokens}"
+    if d.kv_width != d.hidden_size:
+        model += f" d_kv={d.kv_width}"
     rows = [
         ("model", f"{r.name} ({model})" if r.name else model),
         ("text tokens", f"{r.text_tokens:g} (CSP), {r.altp_text_tokens:g} (ALTP)"),

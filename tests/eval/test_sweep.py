@@ -180,7 +180,9 @@ def test_sweep_end_to_end(tmp_path):
     header += "| small recall |"
     assert header in table.splitlines()[0] + " |"
     for label in labels:
-        assert f"| {label} |" in table
+        # A Seg-First row names the instance source its runs used: the model's SAM by default.
+        shown = f"{label}[sam instances]" if label == "csp-seg_first" else label
+        assert f"| {shown} |" in table
     assert "| unpruned | 0 | 16.00 |" in table and "| fastv | 0.5 | 7.75 |" in table
     assert "- fastv at 0.9: fastv cannot reach" in table
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -267,3 +268,77 @@ def test_seg_first_default_instances_are_superpixels_each_represented(model, inp
     labels, _, _ = image_regions(context, 4)
     for b in range(2):
         assert set(labels[b].tolist()) <= set(labels[b, kept[b]].tolist()), "a region got no token"
+
+
+def test_instance_source_rules():
+    from segprune.methods.csp import instance_source
+
+    # auto: the caller's masks, else the model's SAM, else superpixels (a plain LLaVA).
+    assert instance_source("auto", has_sam=True, given=True) == "given"
+    assert instance_source("auto", has_sam=True, given=False) == "sam"
+    assert instance_source("auto", has_sam=False, given=False) == "superpixels"
+    assert instance_source("sam", has_sam=True, given=False) == "sam"
+    assert instance_source("superpixels", has_sam=True, given=False) == "superpixels"
+    assert instance_source("ground_truth", has_sam=False, given=True) == "ground_truth"
+    with pytest.raises(ValueError, match="instances='sam' needs a model with its own SAM"):
+        instance_source("sam", has_sam=False, given=False)
+    with pytest.raises(ValueError, match="instances='ground_truth' needs the ground-truth instance masks"):
+        instance_source("ground_truth", has_sam=True, given=False)
+    for choice in ("sam", "superpixels"):
+        with pytest.raises(ValueError, match=f"instances='{choice}' but instance masks were given"):
+            instance_source(choice, has_sam=True, given=True)
+    with pytest.raises(ValueError, match=r"instances='yolo' is not valid; choose one of \['auto', 'sam'"):
+        instance_source("yolo", has_sam=True, given=False)
+    with pytest.raises(ValueError, match=r"CSPConfig\.instances='yolo' is not valid"):
+        CSPConfig(instances="yolo")
+    assert CSPConfig(cluster="seg_first").instance_choice == "auto"
+    assert CSPConfig(cluster="uniform").instance_choice is None
+    assert CSPConfig(cluster_layers=0, cluster="seg_first").instance_choice is None
+    config = CSPConfig(cluster="seg_first", instances="ground_truth")
+    assert CSPConfig.from_dict(config.to_dict()) == config
+
+
+@torch.no_grad()
+def test_seg_first_on_a_plain_llava_cuts_superpixels(model, inputs, monkeypatch):
+    import segprune.methods.csp as csp
+
+    calls = []
+    cut = csp.image_regions
+
+    def spy(context, n_regions):
+        calls.append((context.instance_masks, n_regions))
+        return cut(context, n_regions)
+
+    monkeypatch.setattr(csp, "image_regions", spy)
+    for choice in ("auto", "superpixels"):
+        config = CSPConfig(
+            cluster_layers=1,
+            cluster_tokens=6,
+            scatter_layers=1,
+            prune_tokens=3,
+            score_token="last",
+            instance_regions=4,
+            instances=choice,
+        )
+        segprune.prune_(model, config)
+        model(**inputs)
+    assert calls == [(None, 4), (None, 4)]
+
+
+@torch.no_grad()
+def test_seg_first_choices_a_plain_llava_cannot_serve_raise(model, inputs):
+    config = CSPConfig(
+        cluster_layers=1, cluster_tokens=6, scatter_layers=1, prune_tokens=3, score_token="last"
+    )
+    segprune.prune_(model, dataclasses.replace(config, instances="sam"))
+    with pytest.raises(ValueError, match="instances='sam' needs a model with its own SAM"):
+        model(**inputs)
+    segprune.prune_(model, dataclasses.replace(config, instances="ground_truth"))
+    with pytest.raises(ValueError, match="instances='ground_truth' needs the ground-truth instance masks"):
+        model(**inputs)
+    detector = fixed_instances([0] * 16)
+    segprune.prune_(model, dataclasses.replace(config, instances="superpixels"), instance_masks=detector)
+    with pytest.raises(ValueError, match="instances='superpixels' but instance masks were given"):
+        model(**inputs)
+    segprune.prune_(model, dataclasses.replace(config, instances="ground_truth"), instance_masks=detector)
+    model(**inputs)  # a caller's masks may be the ground truth

@@ -38,3 +38,12 @@ def test_invalid_plans(steps, message):
 def test_bad_score_token():
     with pytest.raises(ValueError, match="token='cls'"):
         AttentionScore(1, "cls")
+
+
+def test_an_adaptive_step_reports_its_bound():
+    """An adaptive step's selector decides each sample's count; the plan knows only the bound."""
+    plan = TokenPlan(10, 4, (Keep(0, 10, TopK(), adaptive=True),))
+    assert plan.adaptive and plan.live_counts() == [10] * 4
+    assert not TokenPlan(10, 4, (Keep(0, 3, TopK()),)).adaptive
+    with pytest.raises(ValueError, match="adaptive=1 must be True or False"):
+        Keep(0, 3, TopK(), adaptive=1)

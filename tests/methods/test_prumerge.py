@@ -1,4 +1,5 @@
-"""PruMerge / PruMerge+: IQR outliers at an exact budget, spatial fill, neighbourhood merging."""
+"""PruMerge / PruMerge+: IQR outliers at an exact budget or the reference's adaptive count, spatial fill,
+neighbourhood merging."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import torch.nn.functional as F
 
 import segprune
 from segprune import PruMergeConfig
-from segprune.methods.prumerge import iqr_outliers, prumerge_keep, prumerge_weights, row_quantiles
+from segprune.methods import prumerge
+from segprune.methods.prumerge import (
+    adaptive_keep,
+    iqr_outliers,
+    prumerge_keep,
+    prumerge_weights,
+    row_quantiles,
+)
 from segprune.models import tiny_llava, tiny_llava_inputs
 from segprune.models.tiny_llava import IMAGE_TOKEN_ID
 from segprune.patch.vision import encoder_layers
@@ -208,3 +216,99 @@ def test_row_quantiles_equal_torch_quantile():
     expected = torch.quantile(x, torch.tensor(levels), dim=1)
     for got, want in zip(row_quantiles(x, levels), expected, strict=True):
         assert torch.allclose(got, want, atol=1e-6)
+
+
+# -- the adaptive count -------------------------------------------------------------------------
+
+
+def test_adaptive_keep_by_hand():
+    """Row 0: the ramp without tokens 3 and 10 plus 0.2 and 0.3 sorts to 0.050, 0.051, 0.052, 0.054,
+    0.055, ..., so Q1 (position 3.75) = 0.05475 and Q3 (position 11.25) = 0.06325: the bound is
+    0.06325 + 1.5 * 0.0085 = 0.076, and tokens 3 and 10 are the outliers, r = 2/16. PruMerge keeps
+    int(16 r) = 2; PruMerge+ adds every int(int(1 / r) / 3) = int(8 / 3) = 2nd token below 15.
+    Row 1, the plain ramp: Q1 = 0.05375, Q3 = 0.06125, bound 0.0725, no outlier: the top token (15)
+    stands in for one (r = 1/16), and the grid takes every int(16 / 3) = 5th token below 15."""
+    attention = ramp_with_outliers()
+    assert kept_list(adaptive_keep(attention, plus=False)) == [[3, 10], [15]]
+    assert kept_list(adaptive_keep(attention, plus=True)) == [[0, 2, 3, 4, 6, 8, 10, 12, 14], [0, 5, 10, 15]]
+
+
+def test_a_stride_of_zero_keeps_every_token(monkeypatch):
+    """6 of 8 tokens marked outliers: int(int(8 / 6) / 3) = 0, which the reference cannot take; the
+    stride becomes 1, so the grid covers 0..6 and the outliers add the rest."""
+    attention = torch.arange(8, dtype=torch.float32)[None]
+    monkeypatch.setattr(prumerge, "iqr_outliers", lambda a: a >= 2)
+    assert kept_list(adaptive_keep(attention, plus=True)) == [list(range(8))]
+    assert kept_list(adaptive_keep(attention, plus=False)) == [list(range(2, 8))]
+
+
+def reference_adaptive(row: np.ndarray, plus: bool) -> list[int]:
+    """The reference's adaptive rule, from its description: numpy percentiles, r = outliers / N, the top
+    int(N r) by attention, and for PruMerge+ arange(0, N - 1, int(int(1 / r) / 3)) added."""
+    n = len(row)
+    q1, q3 = np.percentile(row, [25, 75])
+    r = float((row > q3 + 1.5 * (q3 - q1)).sum()) / n
+    kept = set(np.argsort(-row, kind="stable")[: int(n * r)].tolist())
+    if plus:
+        kept |= set(range(0, n - 1, int(int(1 / r) / 3)))
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_adaptive_keep_equals_the_reference_rule_at_576_tokens(plus):
+    gen = torch.Generator().manual_seed(0)
+    attention = torch.rand(8, 576, generator=gen) ** 8  # heavy-tailed: a handful of outliers per row
+    for b, row in enumerate(kept_list(adaptive_keep(attention, plus))):
+        assert row == reference_adaptive(attention[b].double().numpy(), plus), b
+
+
+def test_adaptive_count_field():
+    config = PruMergeConfig(count="adaptive", neighbours=0)
+    (step,) = config.plan(N_IMAGE, 4).steps
+    assert step.adaptive and step.count == N_IMAGE  # a bound; the selector decides per sample
+    assert not config.sync_free and PruMergeConfig().sync_free
+    assert PruMergeConfig.from_dict(config.to_dict()) == config
+    assert PruMergeConfig().count == "fixed"
+    with pytest.raises(
+        ValueError, match=r"PruMergeConfig.count='auto' is not valid; choose one of \['fixed', 'adaptive'\]"
+    ):
+        PruMergeConfig(count="auto")
+
+
+def adaptive_counts(eager_attention, plus: bool) -> list[int]:
+    return [len(reference_adaptive(row.double().numpy(), plus)) for row in eager_attention]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("plus", "neighbours"), [(False, 0), (True, 0), (True, 4)])
+def test_adaptive_counts_differ_per_sample_and_each_equals_its_sample_alone(
+    models, inputs, eager_attention, plus, neighbours
+):
+    model = models[0]
+    segprune.prune_(model, PruMergeConfig(plus=plus, neighbours=neighbours, count="adaptive"))
+    try:
+        logits = model(**inputs).logits
+        stats = segprune.stats(model)
+        out = model.generate(
+            **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        counts = adaptive_counts(eager_attention, plus)
+        assert counts[0] != counts[1], "the sharpened model should give different adaptive counts"
+        assert stats.live_tokens.tolist() == [counts] * 4  # the actual per-sample counts
+        assert stats.kept_indices[0].shape == (2, max(counts))
+        for b in range(2):
+            expected = reference_adaptive(eager_attention[b].double().numpy(), plus)
+            assert stats.kept_of(b)[0].tolist() == expected
+            assert int((stats.kept_indices[0][b] == -1).sum()) == max(counts) - counts[b]
+            valid = inputs["attention_mask"][b].bool()
+            alone = {key: inputs[key][b : b + 1, valid] for key in ("input_ids", "attention_mask")}
+            alone["pixel_values"] = inputs["pixel_values"][b : b + 1]
+            assert (model(**alone).logits[0] - logits[b, valid]).abs().max() <= 1e-4
+            assert segprune.stats(model).kept_indices[0][0].tolist() == expected
+            single = model.generate(
+                **alone, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
+            assert torch.equal(single.sequences[0, -3:], out.sequences[b, -3:])
+            assert (torch.stack(single.logits, 1)[0] - torch.stack(out.logits, 1)[b]).abs().max() <= 1e-4
+    finally:
+        segprune.unprune(model)

@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from segprune.methods import superpixels
 from segprune.methods.regions import patch_view, region_stats, relabel, token_majority
 from segprune.methods.superpixels import (
     blurred_patch_means,
+    fused_grid_slic,
     gaussian_blur,
     grid_slic,
     merge_fragments,
     rgb_to_lab,
     seed_lattice,
     skimage_slic,
+    slic_regions,
 )
 
 skimage = pytest.importorskip("skimage")
@@ -197,6 +200,67 @@ def test_both_fragment_computations_agree_on_slic_like_labels():
         squared = merge_fragments(labels, (24, 24), min_size, components="square")
         assert torch.equal(propagated, squared)
     assert not torch.equal(propagated, labels)  # something was folded
+
+
+# -- the fused (compiled) path ----------------------------------------------------------------------
+
+
+def fused_scenes() -> dict[str, torch.Tensor]:
+    """Fixed inputs for the fused path: flat regions (exact ties) and smooth random colour fields."""
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.rand(2, 3, 6, 6, generator=gen)
+    smooth = torch.nn.functional.interpolate(coarse, size=SIZE, mode="bilinear")
+    return {"quadrants + disc": quadrants_and_disc(), "smooth": smooth}
+
+
+def test_fused_paths_compile_the_same_functions(monkeypatch):
+    # Without compiling (that is the slow test below): "grid-fused" and `fused_grid_slic()` route the
+    # colours and every k-means round through `_fused`, which compiles the eager functions themselves.
+    compiled = []
+
+    def record(fn):
+        compiled.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(superpixels, "_fused", record)
+    image = quadrants_and_disc()
+    eager, bound = slic_regions(image, GRID, 10, 5.0, 1.0, "grid")
+    assert compiled == []
+    fused, fused_bound = slic_regions(image, GRID, 10, 5.0, 1.0, "grid-fused")
+    assert compiled == ["_patch_colours", "kmeans_round"]
+    assert torch.equal(fused, eager) and fused_bound == bound
+    compiled.clear()
+    with fused_grid_slic():
+        slic_regions(image, GRID, 10, 5.0, 1.0, "grid")
+        assert grid_slic(image, GRID, 10, 5.0, fused=False) is not None
+    assert compiled == ["_patch_colours", "kmeans_round"]
+    grid_slic(image, GRID, 10, 5.0)  # the switch is off again
+    assert len(compiled) == 2
+    with pytest.raises(ValueError, match=r"superpixels='fast' is not valid; valid: \['grid', 'grid-fused'"):
+        slic_regions(image, GRID, 10, 5.0, 1.0, "fast")
+
+
+@pytest.mark.slow  # torch.compile on CPU: about 15 s per shape on 2 cores (C++ compilation)
+@pytest.mark.parametrize("name", ["quadrants + disc", "smooth"])
+def test_fused_grid_slic_gives_the_eager_labels_on_cpu(name):
+    image = fused_scenes()[name]
+    for n_regions, compactness, sigma in [(10, 5.0, 1.0), (25, 10.0, 0.0)]:
+        expected = grid_slic(image, GRID, n_regions, compactness, sigma)
+        assert torch.equal(grid_slic(image, GRID, n_regions, compactness, sigma, fused=True), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_grid_slic_gives_the_eager_labels_on_cuda():
+    images = torch.cat(list(fused_scenes().values())).cuda()
+    expected = grid_slic(images, GRID, 10, 5.0, 1.0)
+    assert torch.equal(grid_slic(images, GRID, 10, 5.0, 1.0, fused=True), expected)
+    # and inside a CUDA graph, as GraphedPrefill captures it (compiled before the capture)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = grid_slic(images, GRID, 10, 5.0, 1.0, fused=True)
+    graph.replay()
+    assert torch.equal(captured, expected)
 
 
 # -- skimage path and statistics ------------------------------------------------------------------

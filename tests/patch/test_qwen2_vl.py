@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_qwen import FAMILIES, IMAGE, patchify, qwen_inputs, qwen_prompt, tiny_qwen
 
 import segprune
 from conftest import EXAMPLES
@@ -14,103 +15,8 @@ from segprune.families import family_of
 from segprune.methods.replay import ReplayConfig
 from segprune.pixels import CLIP_MEAN, CLIP_STD
 
-IMAGE, VIDEO, START, END, PAD = 3, 4, 5, 6, 0
-PATCH, MERGE, TEMPORAL = 2, 2, 2
-FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
 # The methods the family runs (no CLS row), sized for 16 image tokens and 4 layers as in conftest.
 APPLICABLE = ["altp", "csp", "fastv", "pdrop"]
-
-
-def tiny_qwen(kind: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.nn.Module:
-    """A random fp32 Qwen2-VL / Qwen2.5-VL: 4 decoder layers 32 wide, a 2-layer vision tower."""
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-    )
-
-    text = {
-        "vocab_size": 64,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
-        "pad_token_id": PAD,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    }
-    common = {"depth": 2, "num_heads": 2, "patch_size": PATCH, "spatial_merge_size": MERGE}
-    common["temporal_patch_size"] = TEMPORAL
-    if kind == "qwen2_vl":
-        vision = {**common, "embed_dim": 16, "hidden_size": 32, "mlp_ratio": 2}
-        config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    else:
-        vision = {**common, "hidden_size": 16, "intermediate_size": 32, "out_hidden_size": 32}
-        vision.update(window_size=8, fullatt_block_indexes=[1])
-        config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    config = config_class(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=IMAGE,
-        video_token_id=VIDEO,
-        vision_start_token_id=START,
-        vision_end_token_id=END,
-    )
-    torch.manual_seed(seed)
-    model = model_class(config)
-    model.config._attn_implementation = attn_implementation
-    for sub in (model.config.text_config, model.config.vision_config):
-        sub._attn_implementation = attn_implementation
-    with torch.no_grad():  # sharper attention, as tiny_llava does, so kept sets matter
-        model.model.language_model.embed_tokens.weight.normal_(0, 1.0)
-        for layer in model.model.language_model.layers:
-            layer.self_attn.q_proj.weight.normal_(0, 0.3)
-            layer.self_attn.k_proj.weight.normal_(0, 0.3)
-    model.generation_config.pad_token_id = PAD
-    return model.eval()
-
-
-def patchify(images: torch.Tensor) -> torch.Tensor:
-    """The Qwen2-VL processor's flattened patches of `(n, 3, H, W)` images, each repeated over time."""
-    n, c, height, width = images.shape
-    h, w = height // PATCH, width // PATCH
-    x = images[:, None].expand(n, TEMPORAL, c, height, width)
-    x = x.reshape(n, 1, TEMPORAL, c, h // MERGE, MERGE, PATCH, w // MERGE, MERGE, PATCH)
-    x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
-    return x.reshape(n * h * w, c * TEMPORAL * PATCH * PATCH)
-
-
-def qwen_inputs(batch=2, prompt_lengths=(5, 8), size=(16, 16), seed=1, left_pad=True):
-    """input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw: text, one image, text."""
-    gen = torch.Generator().manual_seed(seed)
-    h, w = size[0] // PATCH, size[1] // PATCH
-    n_image = h * w // MERGE**2
-    rows = []
-    for b in range(batch):
-        n_text = prompt_lengths[b % len(prompt_lengths)]
-        before = torch.randint(7, 64, (2,), generator=gen).tolist()
-        after = torch.randint(7, 64, (n_text,), generator=gen).tolist()
-        rows.append([1, *before, START, *[IMAGE] * n_image, END, *after])
-    length = max(map(len, rows))
-    ids = torch.full((batch, length), PAD)
-    mask = torch.zeros(batch, length, dtype=torch.long)
-    for b, row in enumerate(rows):
-        span = slice(length - len(row), length) if left_pad else slice(0, len(row))
-        ids[b, span] = torch.tensor(row)
-        mask[b, span] = 1
-    images = torch.rand(batch, 3, *size, generator=gen)
-    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "mm_token_type_ids": (ids == IMAGE).int(),
-        "pixel_values": patchify((images - mean) / std),
-        "image_grid_thw": torch.tensor([[1, h, w]] * batch),
-    }
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -283,22 +189,37 @@ def test_family_answers(qwen):
 
 
 @torch.no_grad()
-def test_unsupported_inputs_are_refused(qwen):
+def test_family_answers_per_image_for_images_of_different_sizes(qwen):
+    # 16x8 px: 8x4 patches, 4x2 tokens; 8x12 px: 4x6 patches, 2x3 tokens.
+    inputs = qwen_prompt([(16, 8), (8, 12)])
+    family = family_of(qwen)
+    pixels = (inputs["pixel_values"], inputs["image_grid_thw"])
+    assert family.image_grids(pixels) == [(4, 2), (2, 3)]
+    assert family.grid(pixels) is None and family.selector_pixels(pixels) is None
+    assert family.count_images(pixels) == 2
+    boxes = family.token_boxes(pixels, 1)
+    assert boxes.tolist() == [
+        [0, 0, 4, 4],
+        [0, 4, 4, 8],
+        [0, 8, 4, 12],
+        [4, 0, 8, 4],
+        [4, 4, 8, 8],
+        [4, 8, 8, 12],
+    ]
+    first, second = family.image_pixels(pixels, 0), family.image_pixels(pixels, 1)
+    assert first.shape == (1, 3, 16, 8) and second.shape == (1, 3, 8, 12)
+    assert torch.equal(patchify(first), inputs["pixel_values"][:32])  # 8x4 patches of the first
+    assert torch.equal(patchify(second), inputs["pixel_values"][32:])
+    with pytest.raises(ValueError, match="image 0 has image_grid_thw t=2; images have t=1"):
+        family.image_grids((inputs["pixel_values"], torch.tensor([[2, 8, 4]])))
+
+
+@torch.no_grad()
+def test_video_inputs_are_refused(qwen):
+    """Images of different sizes and several images per prompt run (test_per_sample.py); videos do not."""
     segprune.prune_(qwen, EXAMPLES["fastv"])
-    small, large = qwen_inputs(batch=1, size=(8, 8)), qwen_inputs(batch=1, size=(16, 16))
-    length = max(small["input_ids"].shape[1], large["input_ids"].shape[1])
-
-    def left_pad(x):
-        return torch.cat([torch.zeros(1, length - x.shape[1], dtype=x.dtype), x], dim=1)
-
-    mixed = {
-        key: torch.cat([left_pad(small[key]), left_pad(large[key])])
-        for key in ("input_ids", "attention_mask", "mm_token_type_ids")
-    }
-    mixed["pixel_values"] = torch.cat([small["pixel_values"], large["pixel_values"]])
-    mixed["image_grid_thw"] = torch.cat([small["image_grid_thw"], large["image_grid_thw"]])
-    with pytest.raises(ValueError, match=r"same number of image tokens.*got \[4, 16\]"):
-        qwen(**mixed)
     inputs = qwen_inputs()
     with pytest.raises(ValueError, match="video inputs are not supported"):
         qwen(**inputs, video_grid_thw=torch.tensor([[2, 4, 4]]))
+    with pytest.raises(ValueError, match="video inputs are not supported"):
+        qwen(**inputs, pixel_values_videos=torch.zeros(32, 24))

@@ -12,25 +12,34 @@ Two reference rows accompany each method and budget (`matrix`):
 * **eager**: the same method with every layer on eager attention, which is what peers that read
   scores from attention weights have to run.
 
-`render` writes the tables; `segprune bench` (`segprune.cli.bench`) runs the matrix from the command line.
+`gcg` times grounded generation end to end (a prompt and N greedy tokens: time to first token,
+decode ms/token, total) for the no-cache reference design, cached eager decoding and the graphed
+path (`segprune.patch.static_decode`), at batch 1 and the largest batch each row fits.
+
+`render` writes the tables; `segprune bench` (`segprune.cli.bench`) runs the matrix from the command
+line, and `segprune bench --e2e` the generation tables.
 """
 
+from segprune.bench.gcg import GCGRow, run_gcg
 from segprune.bench.matrix import Row, run
 from segprune.bench.models import TINY, bench_inputs, build_model, llava_config, seg_token_id
-from segprune.bench.render import markdown, summary
+from segprune.bench.render import gcg_markdown, markdown, summary
 from segprune.bench.timing import cache_bytes, measure, prefill, time_calls, time_decode
 
 __all__ = [
     "TINY",
+    "GCGRow",
     "Row",
     "bench_inputs",
     "build_model",
     "cache_bytes",
+    "gcg_markdown",
     "llava_config",
     "markdown",
     "measure",
     "prefill",
     "run",
+    "run_gcg",
     "seg_token_id",
     "summary",
     "time_calls",

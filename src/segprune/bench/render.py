@@ -67,3 +67,39 @@ def header(command: str, env: dict[str, Any], dtype: str, graph: bool, budget: s
         f"torch {env['torch']}, transformers {env['transformers']}, {dtype}, "
         f"prefill {'as one CUDA graph' if graph else 'eager'}, reductions on the {budget} axis"
     )
+
+
+def gcg_markdown(rows: Sequence[Any]) -> str:
+    """Render end-to-end generation rows (`segprune.bench.gcg.GCGRow`) as a markdown table.
+
+    "vs no-cache" is the row's tokens per second over the no-cache reference row's of the same table
+    (at batch 1, its total time over this row's); "tokens equal" the share of greedy tokens equal to
+    the row named after it (no-cache and graphed rows are checked against the eager cached row).
+    """
+    reference = next((r.tokens_per_s for r in rows if r.kind == "no-cache"), None)
+    lines = [
+        "| batch | reduction | method | row | decode | N_avg | TTFT ms | decode ms/token | total ms | "
+        "tokens/s | vs no-cache | KV cache MB | peak MB | tokens equal |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        reduction = "—" if r.reduction is None else f"{r.reduction:.0%}"
+        speed = "—" if reference is None else f"{r.tokens_per_s / reference:.2f}×"
+        peak = "—" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"
+        equal = "—" if r.token_match is None else f"{r.token_match:.1%} ({r.reference})"
+        lines.append(
+            f"| {r.batch} | {reduction} | {r.method} | {r.kind} | {r.mode} | {r.n_avg:.1f} | "
+            f"{r.ttft_ms:.2f} | {r.decode_ms_per_token:.3f} | {r.total_ms:.1f} | {r.tokens_per_s:.1f} | "
+            f"{speed} | {r.kv_cache_mb:.2f} | {peak} | {equal} |"
+        )
+    return "\n".join(lines)
+
+
+def gcg_header(command: str, env: dict[str, Any], dtype: str, budget: str, fused_slic: bool = False) -> str:
+    """Return the line that heads an end-to-end generation table: the command, machine and software."""
+    cpu = f"{env['processor']} CPU ({env['cpu_count']} cores, {env['torch_threads']} threads)"
+    where = env.get("gpu") or cpu
+    return (
+        f"`{command}` on {where}, torch {env['torch']}, transformers {env['transformers']}, {dtype}, "
+        f"reductions on the {budget} axis{', fused SLIC' if fused_slic else ''}"
+    )

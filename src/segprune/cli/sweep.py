@@ -44,6 +44,14 @@ def add_parser(sub: Any, method: Any = None) -> None:
         "tokens left, CSP Table 6), layers mapped to the model's depth; navg: equal N_avg in the model "
         "(default: paper)",
     )
+    p.add_argument(
+        "--instances",
+        type=comma_separated(),
+        default=("auto",),
+        help="comma-separated CSP Seg-First instance sources, one csp-seg_first row each: auto (the "
+        "model's own SAM), sam, superpixels, ground_truth (each scene's objects: an oracle; "
+        "shapes data) (default: auto)",
+    )
     p.set_defaults(run=run)
 
 
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace, cls: Any = None) -> int:
     """Run the sweep into `--out`, resumably; rank 0 writes the table and the plot."""
     from segprune.checks import check_reductions
     from segprune.eval.runner import distributed
-    from segprune.eval.sweep import run_sweep, select_labels, sweep_tasks
+    from segprune.eval.sweep import check_instances, run_sweep, select_labels, sweep_tasks
     from segprune.outdir import check_out_dir
 
     check_out_dir(args.out)
@@ -60,6 +68,7 @@ def run(args: argparse.Namespace, cls: Any = None) -> int:
     sweep_tasks(args.tasks, data)
     select_labels(args.methods)
     check_reductions(args.reductions)
+    check_instances(args.instances)
     model = load(args)
     run_sweep(
         model,
@@ -73,6 +82,7 @@ def run(args: argparse.Namespace, cls: Any = None) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         segment_score_token=args.segment_score_token,
+        instances=args.instances,
         captions=args.captions,
         progress=not args.quiet,
     )

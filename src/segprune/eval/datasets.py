@@ -30,6 +30,7 @@ from segprune.eval.metrics.masks import SMALL_FRACTION
 FORMATS = ("refcoco", "reasonseg", "grandf", "rio")
 TASK_SOURCES = {"refseg": ("shapes", "refcoco", "reasonseg", "rio"), "gcg": ("shapes", "grandf")}
 DEFAULT_SPLIT = {"rio": "common"}  # the other formats' default is "val"
+INSTANCE_SOURCES = ("shapes",)  # sources whose samples carry every object's mask (`RefSample.instances`)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class RefSample:
         target: `(H, W)` bool mask of what the query refers to.
         ignore: `(H, W)` bool mask of pixels left out of the counts (ReasonSeg's 255), or None.
         tags: what the scores are grouped by: "type:<query type>", "small".
+        instances: `(K, H, W)` bool visible masks of every object in the image (shapes data), the
+            ground-truth instances of CSP Seg-First's oracle row; None where the data has none.
     """
 
     sample_id: str
@@ -131,6 +134,7 @@ class RefSample:
     target: np.ndarray = field(repr=False)
     ignore: np.ndarray | None = field(default=None, repr=False)
     tags: tuple[str, ...] = ()
+    instances: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def type(self) -> str | None:
@@ -140,11 +144,13 @@ class RefSample:
 
 @dataclass(frozen=True)
 class CaptionSample:
-    """One image to caption (gcg) with its reference `GCGAnnotation`: caption, phrases, one mask each."""
+    """One image to caption (gcg) with its reference `GCGAnnotation`: caption, phrases, one mask each;
+    `instances` as for `RefSample`."""
 
     sample_id: str
     image: np.ndarray = field(repr=False)
     reference: Any
+    instances: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -249,7 +255,8 @@ def _shapes_query(spec: DataSpec, index: int, k: int) -> RefSample:
     rng = np.random.default_rng([spec.seed, index, 1])  # the choice depends on the scene alone
     query = pick_queries(scene, spec.queries_per_scene, rng)[k]
     tags = (f"type:{query.type}", *(["small"] if _is_small(query.mask) else []))
-    return RefSample(f"{_shapes_id(spec, index)}/q{k}", scene.image, query.text, query.mask, None, tags)
+    sample_id = f"{_shapes_id(spec, index)}/q{k}"
+    return RefSample(sample_id, scene.image, query.text, query.mask, None, tags, scene_instances(scene))
 
 
 def _shapes_caption(spec: DataSpec, index: int) -> CaptionSample:
@@ -260,7 +267,14 @@ def _shapes_caption(spec: DataSpec, index: int) -> CaptionSample:
     reference = GCGAnnotation(
         scene.scene_id, scene.caption.text, [p.text for p in phrases], [p.mask for p in phrases]
     )
-    return CaptionSample(_shapes_id(spec, index), scene.image, reference)
+    return CaptionSample(_shapes_id(spec, index), scene.image, reference, scene_instances(scene))
+
+
+def scene_instances(scene: Scene) -> np.ndarray:
+    """Return `(K, H, W)` bool: the visible mask of each of a scene's objects, in drawing order."""
+    if not scene.objects:
+        return np.zeros((0, *scene.size), dtype=bool)
+    return np.stack([obj.mask.astype(bool) for obj in scene.objects])
 
 
 def _shapes_id(spec: DataSpec, index: int) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 from segprune import flops
 from segprune.checks import check_choice, check_int
 from segprune.eval import cost, tasks
-from segprune.eval.datasets import TASK_SOURCES, DataSpec, load_items
+from segprune.eval.datasets import INSTANCE_SOURCES, TASK_SOURCES, DataSpec, load_items
 from segprune.eval.records import Appender, claim, merged_records, recorded_ids, stored_config, write_summary
 from segprune.methods import MethodConfig
 from segprune.models.load import model_id
@@ -44,6 +44,7 @@ __all__ = [
     "PrefillProbe",
     "distributed",
     "evaluate",
+    "instance_source",
     "llava_config",
     "rank_device",
     "summarize",
@@ -89,6 +90,17 @@ class EvalSpec:
         if self.task == "gcg" and self.method is not None and self.method.needs_seg_token:
             # GCG's prompt holds no [SEG]: CSP would have no scoring token to rank by.
             raise ValueError(f"{type(self.method).__name__}.score_token='seg' cannot run gcg; use 'last'")
+        if self.ground_truth_instances and self.data.source not in INSTANCE_SOURCES:
+            raise ValueError(
+                f"{type(self.method).__name__}.instances='ground_truth' needs data that holds every "
+                f"object's mask ({', '.join(INSTANCE_SOURCES)}); {self.data.source} data does not; "
+                "choose instances 'auto', 'sam' or 'superpixels'"
+            )
+
+    @property
+    def ground_truth_instances(self) -> bool:
+        """Whether the method's Seg-First stage takes the data's object masks as its instances."""
+        return getattr(self.method, "instance_choice", None) == "ground_truth"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the run's identity, JSON-ready."""
@@ -237,6 +249,9 @@ def evaluate(
     else:
         unprune(model)
     try:
+        source = instance_source(model, spec)
+        if source is not None:
+            config["instance_source"] = source
         # Rank 0 holds the lock for the whole run; the other ranks are part of the same run.
         with locked(out) if rank == 0 else contextlib.nullcontext():
             if rank == 0:
@@ -244,7 +259,7 @@ def evaluate(
             _barrier(world)
             if rank != 0:
                 claim(out, config)
-            _run(model, spec, out, items, rank, world, progress=progress, on_batch=on_batch)
+            _run(model, spec, out, items, rank, world, source, progress=progress, on_batch=on_batch)
             _barrier(world)
             if rank != 0:
                 return None
@@ -256,6 +271,18 @@ def evaluate(
         unprune(model)
 
 
+def instance_source(model: Any, spec: EvalSpec) -> str | None:
+    """Return where the run's CSP Seg-First instances come from ("sam", "superpixels", "given",
+    "ground_truth"; `SegModel.instance_source`), or None where no Seg-First stage runs.
+
+    Call it with the model pruned with `spec.method`.
+    """
+    resolve = getattr(model, "instance_source", None)
+    if resolve is None or getattr(spec.method, "instance_choice", None) is None:
+        return None
+    return resolve(given=spec.ground_truth_instances)
+
+
 def _run(
     model: Any,
     spec: EvalSpec,
@@ -263,6 +290,7 @@ def _run(
     items: Sequence[Any],
     rank: int,
     world: int,
+    source: str | None,
     *,
     progress: bool,
     on_batch: Callable[[int], None] | None,
@@ -296,6 +324,7 @@ def _run(
                 loaded,
                 max_new_tokens=spec.max_new_tokens,
                 score_token=spec.segment_score_token,
+                instances=spec.ground_truth_instances,
             )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -317,6 +346,7 @@ def _run(
                     "live": live[j],
                     "text_tokens": probe.text_tokens[j],
                     "batch": batch,
+                    **({"instance_source": source} if source is not None else {}),
                 }
                 lines.append({"index": indices[j], **record, **extra})
             store.append(lines)

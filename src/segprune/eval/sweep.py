@@ -11,6 +11,13 @@ Budgets, `budget=`:
 - "navg": `config_for`, equal N_avg = (1 - r) * N in the model's own decoder.
 A cell that cannot be built (a reduction the method cannot reach at the model's depth, layers that do
 not fit) is skipped and listed under the table.
+
+CSP Seg-First rows run once per instance choice in `instances=` (`CSPConfig.instances`): "auto"
+(the default: the model's own SAM) in OUT/<task>/csp-seg_first/, any other choice in
+csp-seg_first-<choice>/. The table names the source each run used (its summary's
+`instance_source`): `csp-seg_first[sam instances]`, `csp-seg_first[superpixels]`,
+`csp-seg_first[gt instances, oracle]` (the instances no detector can beat; on the bundled
+model not the best row, docs/results.md).
 """
 
 from __future__ import annotations
@@ -28,33 +35,83 @@ from segprune.eval.cost import SCALED_PRESET
 from segprune.eval.datasets import TASK_SOURCES, DataSpec
 from segprune.eval.runner import EvalSpec, distributed, evaluate, llava_config
 from segprune.methods import METHODS, MethodConfig
+from segprune.methods.csp import INSTANCE_CHOICES
 from segprune.outdir import check_out_dir, locked
 
-__all__ = ["Cell", "config_for", "plan_sweep", "run_sweep", "sweep_tasks", "write_plot", "write_table"]
+__all__ = [
+    "Cell",
+    "check_instances",
+    "config_for",
+    "plan_sweep",
+    "row_label",
+    "run_sweep",
+    "sweep_tasks",
+    "write_plot",
+    "write_table",
+]
 
 REDUCTIONS = (0.5, 0.75, 0.9)
 UNPRUNED = "unpruned"
+# How the table names where a Seg-First row's instances came from (the run's `instance_source`).
+INSTANCE_LABELS = {
+    "sam": "sam instances",
+    "superpixels": "superpixels",
+    "given": "given instances",
+    "ground_truth": "gt instances, oracle",
+}
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the sweep: a task, a method variant at a reduction, and its config or why not."""
+    """One run of the sweep: a task, a method variant at a reduction, and its config or why not.
+
+    `instances` is the Seg-First instance choice of a variant that has a Seg-First stage (None for
+    every other variant); each choice is a row of its own (`row`).
+    """
 
     task: str
     label: str
     reduction: float | None  # None: the unpruned model
     config: MethodConfig | None
     skipped: str | None = None
+    instances: str | None = None
+
+    @property
+    def row(self) -> str:
+        """The table row and directory of the cell: the label, with "-<choice>" for instances other
+        than "auto"."""
+        return self.label if self.instances in (None, "auto") else f"{self.label}-{self.instances}"
 
     @property
     def name(self) -> str:
         """The cell's directory below OUT."""
-        return f"{self.task}/{self.label}/{'dense' if self.reduction is None else f'{self.reduction:g}'}"
+        return f"{self.task}/{self.row}/{'dense' if self.reduction is None else f'{self.reduction:g}'}"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the cell, JSON-ready."""
         config = None if self.config is None else self.config.to_dict()
-        return {**{k: getattr(self, k) for k in ("task", "label", "reduction", "skipped")}, "config": config}
+        keys = ("task", "label", "reduction", "skipped", "instances")
+        return {**{k: getattr(self, k) for k in keys}, "config": config}
+
+
+def check_instances(instances: Sequence[str]) -> tuple[str, ...]:
+    """Return the Seg-First instance choices of a sweep, each valid and named once."""
+    if not instances:
+        raise ValueError(f"no Seg-First instance choice given; valid: {list(INSTANCE_CHOICES)}")
+    for choice in instances:
+        check_choice("instances", choice, INSTANCE_CHOICES)
+    if len(set(instances)) != len(instances):
+        raise ValueError(f"instances={list(instances)} names a choice twice")
+    return tuple(instances)
+
+
+def _has_seg_first(method: str, overrides: dict[str, Any]) -> bool:
+    """Whether the variant runs a Seg-First stage, so that its instance choice makes rows."""
+    try:
+        probe = METHODS[method](**overrides)
+    except (TypeError, ValueError):
+        return False
+    return getattr(probe, "instance_choice", None) is not None
 
 
 def select_labels(names: Sequence[str] | None) -> list[str]:
@@ -92,11 +149,23 @@ def plan_sweep(
     n_layers: int,
     n_image: int,
     budget: str = "paper",
+    instances: Sequence[str] = ("auto",),
 ) -> list[Cell]:
-    """Return the sweep's cells: per task the unpruned model, then every label at every reduction."""
+    """Return the sweep's cells: per task the unpruned model, then every label at every reduction,
+    a Seg-First label once per choice in `instances`.
+
+    Raises if `instances` asks for more than "auto" and no selected label has a Seg-First stage.
+    """
     check_budget(budget)
     check_reductions(reductions)
+    instances = check_instances(instances)
     rows = variants()
+    seg_first = {label for label in labels if _has_seg_first(*rows[label])}
+    if instances != ("auto",) and not seg_first:
+        raise ValueError(
+            f"instances={list(instances)} applies to CSP Seg-First rows (csp-seg_first), and none is "
+            f"selected among {list(labels)}"
+        )
     cells = []
     for task in tasks:
         cells.append(Cell(task, UNPRUNED, None, None))
@@ -104,12 +173,14 @@ def plan_sweep(
             method, overrides = rows[label]
             if task == "gcg":  # GCG's prompt holds no [SEG]
                 overrides = {**overrides, **METHODS[method].seg_free_fields}
-            for reduction in reductions:
-                try:
-                    config = budget_config(budget, method, reduction, n_layers, n_image, **overrides)
-                    cells.append(Cell(task, label, reduction, config))
-                except ValueError as err:
-                    cells.append(Cell(task, label, reduction, None, skipped=str(err)))
+            for choice in instances if label in seg_first else (None,):
+                fields = overrides if choice is None else {**overrides, "instances": choice}
+                for reduction in reductions:
+                    try:
+                        config = budget_config(budget, method, reduction, n_layers, n_image, **fields)
+                        cells.append(Cell(task, label, reduction, config, instances=choice))
+                    except ValueError as err:
+                        cells.append(Cell(task, label, reduction, None, str(err), choice))
     return cells
 
 
@@ -126,11 +197,13 @@ def run_sweep(
     batch_size: int = 8,
     max_new_tokens: int = 128,
     segment_score_token: str = "prompt",
+    instances: Sequence[str] = ("auto",),
     captions: bool = False,
     progress: bool = True,
 ) -> list[Cell]:
     """Evaluate every cell (resuming each), then write sweep.json, table.md and plot.png (rank 0).
 
+    `instances`: the CSP Seg-First instance choices, one csp-seg_first row each (`plan_sweep`).
     Every setting is checked, and every cell planned, before anything runs or is written.
     """
     out = check_out_dir(out_dir)
@@ -143,6 +216,7 @@ def run_sweep(
         config.text_config.num_hidden_layers,
         config.image_seq_length,
         budget,
+        instances,
     )
     runs = [
         (
@@ -162,7 +236,7 @@ def run_sweep(
     ]
     if all(cell.reduction is None for cell, _ in runs):
         reasons = "; ".join(
-            dict.fromkeys(f"{c.label} at {c.reduction:g}: {c.skipped}" for c in cells if c.skipped)
+            dict.fromkeys(f"{c.row} at {c.reduction:g}: {c.skipped}" for c in cells if c.skipped)
         )
         raise ValueError(f"no pruned cell of this sweep can run on this model ({reasons})")
     rank = distributed()[0]
@@ -187,22 +261,38 @@ def _pct(value: Any) -> str:
     return "—" if value is None or value != value else f"{100 * value:.1f}"
 
 
+def row_label(cell: Cell, summaries: Sequence[dict[str, Any] | None] = ()) -> str:
+    """Return how the table and the plot name a cell's row: its label, and for a Seg-First row the
+    instance source its runs recorded (or, before any ran, the choice)."""
+    if cell.instances is None:
+        return cell.label
+    sources = {s["config"].get("instance_source") for s in summaries if s}
+    source = sources.pop() if len(sources) == 1 else cell.instances
+    return f"{cell.label}[{INSTANCE_LABELS.get(source, source)}]"
+
+
 def write_table(out: Path, cells: Sequence[Cell], budget: str = "paper") -> Path:
     """Write table.md: one row per (label, reduction), refseg and GCG columns side by side."""
     tasks = list(dict.fromkeys(c.task for c in cells))
     rows: dict[tuple[str, float | None], dict[str, Any]] = {}
+    first_cell: dict[str, Cell] = {}
     for cell in cells:
-        rows.setdefault((cell.label, cell.reduction), {})[cell.task] = _summary(out, cell)
+        rows.setdefault((cell.row, cell.reduction), {})[cell.task] = _summary(out, cell)
+        first_cell.setdefault(cell.row, cell)
+    labels = {
+        row: row_label(cell, [s for (r, _), by in rows.items() if r == row for s in by.values()])
+        for row, cell in first_cell.items()
+    }
     header = ["method", "reduction", "N_avg", "TFLOPs", f"TFLOPs {SCALED_PRESET}"]
     if "refseg" in tasks:
         header += ["gIoU", "cIoU", "small gIoU", "small cIoU"]
     if "gcg" in tasks:
         header += ["AP50", "mIoU", "recall", "small AP50", "small mIoU", "small recall"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for (label, reduction), by_task in rows.items():
+    for (key, reduction), by_task in rows.items():
         first = next((s for s in (by_task.get(t) for t in tasks) if s), None)
         cost = first["cost"] if first else {}
-        row = [label, "0" if reduction is None else f"{reduction:g}"]
+        row = [labels[key], "0" if reduction is None else f"{reduction:g}"]
         row += (
             [f"{cost['n_avg']:.2f}", f"{cost['tflops']:.3g}", f"{cost[SCALED_PRESET]['tflops']:.2f}"]
             if cost
@@ -225,7 +315,7 @@ def write_table(out: Path, cells: Sequence[Cell], budget: str = "paper") -> Path
         "depth, on LLaVA-1.5-7B-336 with 62 text tokens. — : not run.",
     ]
     skipped = dict.fromkeys(
-        (c.label, c.reduction, c.skipped) for c in cells if c.skipped
+        (labels[c.row], c.reduction, c.skipped) for c in cells if c.skipped
     )  # once, not per task
     if skipped:
         notes += ["", "Skipped:", ""] + [f"- {label} at {r:g}: {why}" for label, r, why in skipped]
@@ -243,6 +333,10 @@ def write_plot(out: Path, cells: Sequence[Cell]) -> Path:
 
     tasks = list(dict.fromkeys(c.task for c in cells))
     metric = {"refseg": ("all", "giou", "gIoU (%)"), "gcg": (None, "ap50", "AP50 (%)")}
+    by_row: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_row.setdefault(cell.row, []).append(cell)
+    labels = {row: row_label(group[0], [_summary(out, c) for c in group]) for row, group in by_row.items()}
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         tag, key, ylabel = metric[task]
@@ -254,7 +348,7 @@ def write_plot(out: Path, cells: Sequence[Cell]) -> Path:
             acc = summary["accuracy"] if tag is None else summary["accuracy"].get(tag, {})
             if acc.get(key) is not None:
                 x = summary["cost"][SCALED_PRESET]["tflops"]
-                lines.setdefault(cell.label, []).append((x, 100 * acc[key]))
+                lines.setdefault(labels[cell.row], []).append((x, 100 * acc[key]))
         for label, points in lines.items():
             xs, ys = zip(*sorted(points), strict=True)
             style = (

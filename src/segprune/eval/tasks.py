@@ -23,18 +23,31 @@ __all__ = ["TASKS", "accuracy", "caption_text", "lisa_query", "predict", "score"
 
 
 def predict(
-    model: Any, task: str, samples: Sequence[Any], *, max_new_tokens: int, score_token: str = "prompt"
+    model: Any,
+    task: str,
+    samples: Sequence[Any],
+    *,
+    max_new_tokens: int,
+    score_token: str = "prompt",
+    instances: bool = False,
 ) -> list[Any]:
     """Run the model on one batch: masks for `RefSample`s (refseg), `GroundedAnswer`s for `CaptionSample`s.
 
-    `score_token` is `SegModel.segment`'s (refseg only)."""
+    `score_token` is `SegModel.segment`'s (refseg only). `instances`: pass each sample's object
+    masks (`RefSample.instances`) as CSP Seg-First's instances, the ground-truth oracle."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {list(TASKS)}")
     images = [sample.image for sample in samples]
+    options: dict[str, Any] = {}
+    if instances:
+        missing = [s.sample_id for s in samples if s.instances is None]
+        if missing:
+            raise ValueError(f"sample {missing[0]!r} carries no instance masks for ground-truth instances")
+        options["instance_masks"] = [s.instances for s in samples]
     if task == "refseg":
         queries = [lisa_query(s.query, s.tags) for s in samples]
-        return model.segment(images, queries, score_token=score_token)
-    if task == "gcg":
-        return model.ground(images, max_new_tokens=max_new_tokens)
-    raise ValueError(f"unknown task {task!r}; valid: {list(TASKS)}")
+        return model.segment(images, queries, score_token=score_token, **options)
+    return model.ground(images, max_new_tokens=max_new_tokens, **options)
 
 
 def score(task: str, samples: Sequence[Any], outputs: Sequence[Any]) -> list[dict[str, Any]]:

@@ -118,16 +118,28 @@ class Family:
         return None
 
     def grid(self, pixels: Any) -> tuple[int, int] | None:
-        """`(rows, cols)` of each image's token grid, row-major in sequence order (None: no one grid)."""
+        """`(rows, cols)` of the token grid all images share, row-major in sequence order (None when
+        they differ)."""
         raise NotImplementedError
 
-    def token_boxes(self, pixels: Any) -> torch.Tensor:
-        """`(N, 4)` pixel box `(top, left, bottom, right)` each image token covers in `selector_pixels`."""
+    def image_grids(self, pixels: Any) -> list[tuple[int, int]]:
+        """`(rows, cols)` of each image's token grid, images in the order their tokens appear in the
+        batch (sample by sample, left to right); an image holds rows * cols tokens."""
+        return [self.grid(pixels)] * self.count_images(pixels)
+
+    def token_boxes(self, pixels: Any, image: int = 0) -> torch.Tensor:
+        """`(N_i, 4)` pixel box `(top, left, bottom, right)` each token of image `image` covers in its
+        `image_pixels`."""
         raise NotImplementedError
 
     def selector_pixels(self, pixels: Any) -> torch.Tensor | None:
-        """The `(batch, 3, H, W)` processor-normalised image selectors read (`SelectContext.pixel_values`)."""
+        """The `(batch, 3, H, W)` processor-normalised images selectors read (`SelectContext.pixel_values`)
+        when all images have one size; None otherwise."""
         raise NotImplementedError
+
+    def image_pixels(self, pixels: Any, image: int) -> torch.Tensor:
+        """The `(1, 3, H, W)` processor-normalised pixels of image `image` alone (its own size)."""
+        return self.selector_pixels(pixels)[image : image + 1]
 
     def rgb(self, pixels: Any) -> torch.Tensor:
         """`selector_pixels` de-normalised with the family's own mean and std: RGB in [0, 1]."""

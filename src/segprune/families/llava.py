@@ -114,7 +114,7 @@ class LlavaFamily(LlamaDecoder, Family):
     def grid(self, pixels: Any) -> tuple[int, int]:
         return self._grid
 
-    def token_boxes(self, pixels: Any) -> torch.Tensor:
+    def token_boxes(self, pixels: Any, image: int = 0) -> torch.Tensor:
         rows, cols = self._grid
         r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
         top, left = (r.flatten() * self.patch), (c.flatten() * self.patch)

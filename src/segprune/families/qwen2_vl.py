@@ -1,7 +1,8 @@
 """Qwen2-VL and Qwen2.5-VL: a Qwen2 decoder with M-RoPE after a ViT whose 2x2 merger has no CLS row.
 
 Each image becomes `image_grid_thw` patches of 14 px, merged 2x2 into tokens that cover 28x28 px,
-row-major over the merged grid. Position ids are M-RoPE's `(3, batch, L)` (temporal, height,
+row-major over its own merged grid; images of different sizes give samples different token counts,
+which the runner lays out in masked slots. Position ids are M-RoPE's `(3, batch, L)` (temporal, height,
 width) from the model's own `get_rope_index`; kept tokens keep all three, and decoding continues
 from the prefill's largest position id (what the model's `rope_deltas` hold).
 """
@@ -21,7 +22,8 @@ from segprune.pixels import CLIP_MEAN, CLIP_STD
 
 @register_family
 class Qwen2VLFamily(LlamaDecoder, Family):
-    """`transformers.Qwen2VLModel` and `Qwen2_5_VLModel` (one image per sample, images only)."""
+    """`transformers.Qwen2VLModel` and `Qwen2_5_VLModel` (images of any sizes, several per prompt;
+    no videos)."""
 
     name = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
@@ -69,44 +71,53 @@ class Qwen2VLFamily(LlamaDecoder, Family):
 
     # -- image tokens ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _one_size(pixels: Any) -> torch.Tensor | None:
-        """The `(images, 3)` patch grids `image_grid_thw` when all images have one size, else None."""
+    def image_grids(self, pixels: Any) -> list[tuple[int, int]]:
         grid = pixels[1] if pixels is not None else None
-        if grid is None or len(grid) == 0 or bool((grid != grid[0]).any()):
-            return None
-        return grid
+        if grid is None:
+            return []
+        out = []
+        for i, (t, h, w) in enumerate(grid.tolist()):
+            if t != 1:
+                raise ValueError(
+                    f"image {i} has image_grid_thw t={t}; images have t=1 (videos are not supported)"
+                )
+            out.append((h // self.merge, w // self.merge))
+        return out
 
     def grid(self, pixels: Any) -> tuple[int, int] | None:
-        grid = self._one_size(pixels)
-        if grid is None:
-            return None
-        _, h, w = grid[0].tolist()
-        return (h // self.merge, w // self.merge)
+        grids = set(self.image_grids(pixels))
+        return grids.pop() if len(grids) == 1 else None
 
-    def token_boxes(self, pixels: Any) -> torch.Tensor:
-        grid = self.grid(pixels)
-        if grid is None:
-            raise ValueError("token boxes need images of one size (image_grid_thw)")
+    def token_boxes(self, pixels: Any, image: int = 0) -> torch.Tensor:
+        rows, cols = self.image_grids(pixels)[image]
         side = self.patch * self.merge  # 28 px for Qwen2-VL's 14-px patches
-        r, c = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
         top, left = r.flatten() * side, c.flatten() * side
         return torch.stack([top, left, top + side, left + side], dim=1)
 
-    def selector_pixels(self, pixels: Any) -> torch.Tensor | None:
-        """The processor's flattened patches put back into `(images, 3, H, W)` (first frame)."""
-        grid = self._one_size(pixels)
-        if grid is None:
-            return None
-        n, (t, h, w) = len(grid), grid[0].tolist()
+    def _unpatchify(self, patches: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+        """The processor's flattened patches of `n` images of `h x w` patches as `(n, 3, H, W)` (frame 0)."""
         m, p = self.merge, self.patch
         # The processor's order: (t, h/m, w/m, m, m) patches, each (channels, temporal, p, p).
-        x = pixels[0].view(n, t, h // m, w // m, m, m, -1, self.temporal, p, p)[:, 0, ..., 0, :, :]
+        x = patches.view(n, 1, h // m, w // m, m, m, -1, self.temporal, p, p)[:, 0, ..., 0, :, :]
         x = x.permute(0, 5, 1, 3, 6, 2, 4, 7)  # (n, C, h/m, m, p, w/m, m, p)
         return x.reshape(n, x.shape[1], h * p, w * p)
 
+    def selector_pixels(self, pixels: Any) -> torch.Tensor | None:
+        """The processor's flattened patches put back into `(images, 3, H, W)` (first frame)."""
+        if self.grid(pixels) is None:
+            return None
+        _, h, w = pixels[1][0].tolist()
+        return self._unpatchify(pixels[0], len(pixels[1]), h, w)
+
+    def image_pixels(self, pixels: Any, image: int) -> torch.Tensor:
+        sizes = pixels[1].prod(dim=1).tolist()  # patches per image
+        _, h, w = pixels[1][image].tolist()
+        start = sum(sizes[:image])
+        return self._unpatchify(pixels[0][start : start + sizes[image]], 1, h, w)
+
     def count_images(self, pixels: Any) -> int:
-        return 0 if pixels[1] is None else len(pixels[1])
+        return 0 if pixels is None or pixels[1] is None else len(pixels[1])
 
     # -- positions --------------------------------------------------------------------------------
 

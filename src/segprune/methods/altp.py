@@ -14,13 +14,13 @@ from segprune.methods.counts import keep_count
 from segprune.methods.fastv import OneDropBudget
 from segprune.methods.plan import AttentionScore, Keep, SelectContext, TokenPlan
 from segprune.methods.regions import region_stats
-from segprune.methods.superpixels import slic_regions
+from segprune.methods.superpixels import SUPERPIXEL_PATHS, slic_regions
 from segprune.pixels import CLIP_MEAN, CLIP_STD
 
 torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 ALLOCATIONS = ("ddf", "ddc")
-SUPERPIXELS = ("grid", "skimage")
+SUPERPIXELS = SUPERPIXEL_PATHS  # "grid-fused": the same SLIC through torch.compile
 
 
 def image_regions(
@@ -148,7 +148,8 @@ class ALTPConfig(OneDropBudget, MethodConfig):
         alpha: temperature of the DDF softmax, w = softmax(d / (alpha * max d)) (> 0; paper: 1.5).
         allocation: "ddf" splits the budget by information density (Eqs. 3-4); "ddc" gives every
             region the same keep ratio.
-        superpixels: "grid" runs SLIC on the patch grid in torch, on the model's device; "skimage"
+        superpixels: "grid" runs SLIC on the patch grid in torch, on the model's device;
+            "grid-fused" runs the same through `torch.compile` (compiles per shape; opt-in); "skimage"
             runs `skimage.segmentation.slic` on the pixels on CPU (needs `segprune[skimage]`).
         image_mean, image_std: the normalisation the image processor applied (CLIP's by default).
     """

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import lazy_loader
 
 from segprune import flops
+from segprune.checks import check_choice
 from segprune.methods.allocate import allocate, select_by_quota
 from segprune.methods.altp import image_regions
 from segprune.methods.base import MethodConfig, register
@@ -21,6 +22,9 @@ from segprune.methods.select import TopK
 torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 CLUSTER_MODES = ("seg_first", "uniform", "random", "cls")
+# Where Seg-First's instances come from: what a config may ask for, and what a run records.
+INSTANCE_CHOICES = ("auto", "sam", "superpixels", "ground_truth")
+INSTANCE_SOURCES = ("sam", "superpixels", "given", "ground_truth")
 # budget_fields: any split this close to the target counts as a hit, and the paper-like shape decides.
 EXACT = 0.005
 
@@ -53,6 +57,42 @@ TABLE6: dict[str, dict[float, tuple[int, int, int, int]]] = {
 }
 
 
+def instance_source(choice: str, *, has_sam: bool, given: bool) -> str:
+    """Return where Seg-First's instances come from (one of `INSTANCE_SOURCES`), or raise on a conflict.
+
+    Args:
+        choice: `CSPConfig.instances`, one of `INSTANCE_CHOICES`.
+        has_sam: whether the model can run its own SAM's everything mode (a `SegModel`).
+        given: whether the caller supplied instance masks (`prune_(..., instance_masks=)`, or the
+            `instance_masks` of `SegModel.segment` / `ground`).
+
+    "auto" takes the caller's masks ("given"), else the model's SAM, else superpixels (a plain
+    LLaVA). Every other choice is that source or an error: "sam" without a SAM, "ground_truth"
+    without masks, and "sam" or "superpixels" beside caller masks all raise instead of falling back.
+    """
+    check_choice("CSPConfig.instances", choice, INSTANCE_CHOICES)
+    if choice == "auto":
+        return "given" if given else "sam" if has_sam else "superpixels"
+    if given and choice in ("sam", "superpixels"):
+        raise ValueError(
+            f"CSPConfig.instances={choice!r} but instance masks were given (prune_ or segment/ground "
+            "instance_masks=); drop them, or choose instances='auto' or 'ground_truth' to use them"
+        )
+    if choice == "sam" and not has_sam:
+        raise ValueError(
+            "CSPConfig.instances='sam' needs a model with its own SAM (a SegModel, through segment() or "
+            "ground()); this forward has none. Valid here: 'auto' (superpixels without a SAM), "
+            "'superpixels', or instance masks from prune_(..., instance_masks=) with 'auto'"
+        )
+    if choice == "ground_truth" and not given:
+        raise ValueError(
+            "CSPConfig.instances='ground_truth' needs the ground-truth instance masks: pass them as "
+            "segment(..., instance_masks=) or ground(..., instance_masks=) (segprune eval does, for "
+            "shapes data), or as prune_(..., instance_masks=)"
+        )
+    return choice
+
+
 def uniform_indices(n: int, count: int, device: torch.device | None = None) -> torch.Tensor:
     """Return CSP Eq. 2's uniform sample: i * floor(n / count) for i < count."""
     return torch.arange(count, device=device) * (n // count)
@@ -62,14 +102,17 @@ def uniform_indices(n: int, count: int, device: torch.device | None = None) -> t
 class SegFirstSelector:
     """Sample tokens per instance in proportion to its size, at least one each (CSP Eqs. 4-5).
 
-    Instances come from `context.instance_masks` (a detector the caller plugged into `prune_`) or,
-    by default, from ALTP's grid superpixels of the image with `n_regions` regions. Quotas are
+    Instances come from `context.instance_masks` (a detector plugged into `prune_`, or the masks a
+    `SegModel` passes: its SAM's, or the caller's) or, when there are none, from ALTP's grid
+    superpixels of the image with `n_regions` regions; `choice` (`CSPConfig.instances`) refuses
+    the combinations `instance_source` refuses. Quotas are
     rounded by largest remainder so they sum to exactly `count`; inside each instance the tokens
     are drawn uniformly at random from the context's seeded generator. Tokens outside every
     instance are drawn only when the instances hold fewer than `count` tokens.
     """
 
     n_regions: int = 10
+    choice: str = "auto"
 
     def __call__(
         self, scores: torch.Tensor | None, live: torch.Tensor, count: int, context: SelectContext
@@ -93,6 +136,10 @@ class SegFirstSelector:
     def instances(self, context: SelectContext) -> tuple[torch.Tensor, int]:
         """Return `(batch, N)` labels and their number; with caller masks, label N means "none"."""
         ids = context.instance_masks
+        # Under "sam", masks here are the ones a SegModel computed with its SAM; without masks this
+        # forward has no SAM (a plain LLaVA, or a SegModel's LLM called directly).
+        if not (self.choice == "sam" and ids is not None):
+            instance_source(self.choice, has_sam=False, given=ids is not None)
         if ids is None:
             labels, n_labels, _ = image_regions(context, self.n_regions)
             return labels, n_labels
@@ -149,8 +196,12 @@ class CSPConfig(MethodConfig):
             teacher-forced, so `[SEG]` is in the input; pass `seg_token_id` to `prune_`); "last"
             by the last token, for plain generation.
         seed: seeds the random choices of "random" and "seg_first" at every prefill.
-        instance_regions: for "seg_first" without a detector (`prune_(..., instance_masks=)`): the
-            number of superpixel regions that stand in for instances.
+        instance_regions: for "seg_first" with superpixel instances: the number of superpixel
+            regions that stand in for instances.
+        instances: where "seg_first" takes its instances: "auto" (masks given to prune_ or to
+            segment/ground, else the model's own SAM in a SegModel, else superpixels for a plain
+            LLaVA), "sam" (the SegModel's SAM, everything mode; an error without one), "superpixels",
+            or "ground_truth" (the data's object masks, which the caller passes: the instance oracle).
     """
 
     name = "csp"
@@ -165,6 +216,7 @@ class CSPConfig(MethodConfig):
     score_token: str = "seg"
     seed: int = 0
     instance_regions: int = 10
+    instances: str = "auto"
 
     def validate(self) -> None:
         self.check_int("cluster_layers", lo=0)
@@ -177,14 +229,20 @@ class CSPConfig(MethodConfig):
         self.check_choice("score_token", SCORE_TOKENS)
         self.check_int("seed", lo=0)
         self.check_int("instance_regions", lo=1)
+        self.check_choice("instances", INSTANCE_CHOICES)
 
     def vision_layers(self) -> tuple[int, ...]:
         return (-1,) if self.cluster == "cls" else ()
 
     @property
+    def instance_choice(self) -> str | None:
+        """`instances` when a Seg-First stage runs (read by `SegModel` and the evaluation), else None."""
+        return self.instances if self.cluster_layers > 0 and self.cluster == "seg_first" else None
+
+    @property
     def needs_pixels(self) -> bool:
-        # Seg-First falls back to superpixels when no detector is plugged in.
-        return self.cluster_layers > 0 and self.cluster == "seg_first"
+        # Seg-First cuts superpixels, or hands the pixels to a detector.
+        return self.instance_choice is not None
 
     @property
     def needs_seg_token(self) -> bool:
@@ -286,7 +344,7 @@ class CSPConfig(MethodConfig):
 
     def _cluster_selector(self):
         if self.cluster == "seg_first":
-            return SegFirstSelector(self.instance_regions)
+            return SegFirstSelector(self.instance_regions, self.instances)
         return ClusterSelector(self.cluster)
 
     @classmethod

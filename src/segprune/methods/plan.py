@@ -3,7 +3,8 @@
 A plan is a list of steps in layer order. Before decoder layer `step.layer` runs:
 
 * `Keep` shrinks the live image tokens to exactly `count` per sample, chosen by `select` from the
-  currently live ones, optionally ranked by an attention row (`score`) taken at `score.layer`;
+  currently live ones, optionally ranked by an attention row (`score`) taken at `score.layer`
+  (an `adaptive` step lets the selector decide how many, at most `count`);
 * `Reactivate` makes every image token live again; tokens that were not live re-enter with their
   input embeddings (the projector's output) and their original position ids.
 
@@ -50,7 +51,8 @@ class Selector(Protocol):
         count: how many to keep.
         context: per-forward inputs a selector may need (pixel values, grid size, generator).
     Returns:
-        `(batch, count)` sorted image-token indices, a subset of `live`.
+        `(batch, count)` sorted image-token indices, a subset of `live`; for an `adaptive` step,
+        which the runner calls one sample at a time, `(1, c)` with 1 <= c <= count.
     """
 
     def __call__(
@@ -80,8 +82,13 @@ class SelectContext:
 
     Attributes:
         n_image: N, image tokens per sample.
-        grid: `(rows, cols)` of the patch grid (rows * cols == N for square LLaVA images).
+        grid: `(rows, cols)` of the patch grid (rows * cols == N for square LLaVA images); None when
+            the image tokens form no one grid (several images in a prompt).
         pixel_values: the `(batch, 3, H, W)` pixels the vision tower saw (processor-normalised).
+
+    In a batch whose samples differ (image tokens, images, or an adaptive step's counts) the runner
+    calls selectors one sample at a time, each with a context of batch 1 that describes that
+    sample's own image (its grid and pixels) and a generator seeded afresh, as if it ran alone.
         generator: seeded from the config's `seed` at every prefill, for random selectors.
         vision: the vision tower's CLS attention and keys, when the config asked for layers.
         instance_masks: `(batch, N)` long instance id per image token (-1: none), from the detector
@@ -125,6 +132,10 @@ class Keep:
     model (at layer 0 the projector's outputs). "vision": the vision tower's features the projector
     receives; the adapter projects the merged features, so a merged token is the projection of a
     mean, not the mean of projections (the projector is an MLP). Only steps at layer 0 can.
+
+    `adaptive`: `count` is an upper bound and the selector decides how many tokens each sample
+    keeps (PruMerge's outlier count); the runner then calls it one sample at a time and lays the
+    batch out in masked slots (docs/design.md), and `TokenPlan.live_counts` reports the bound.
     """
 
     layer: int
@@ -133,8 +144,11 @@ class Keep:
     score: AttentionScore | None = None
     merge: Merger | None = None
     merge_space: str = "llm"
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"Keep.adaptive={self.adaptive!r} must be True or False")
         if self.merge_space not in MERGE_SPACES:
             raise ValueError(f"merge_space={self.merge_space!r}; valid: {list(MERGE_SPACES)}")
         if self.merge_space == "vision" and self.layer != 0:
@@ -199,7 +213,7 @@ class TokenPlan:
             prev_layer = step.layer
 
     def live_counts(self) -> list[int]:
-        """Return the number of live image tokens in each decoder layer."""
+        """Return the number of live image tokens in each decoder layer (an adaptive step's bound)."""
         counts = []
         live = self.n_image
         steps = {s.layer: s for s in self.steps}
@@ -225,6 +239,11 @@ class TokenPlan:
             out.append((step.layer, i, 1, "apply"))
         out.sort()
         return [(layer, kind, i) for layer, i, _, kind in out]
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether a step's selector decides its own count per sample."""
+        return any(isinstance(s, Keep) and s.adaptive for s in self.steps)
 
     @property
     def needs_scores(self) -> bool:

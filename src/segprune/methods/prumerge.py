@@ -1,5 +1,9 @@
 """PruMerge / PruMerge+: before the LLM, keep CLS-attention outliers (plus spatially even tokens)
-and merge each kept token with its nearest neighbours by key similarity."""
+and merge each kept token with its nearest neighbours by key similarity.
+
+Two ways to count: an exact budget (`count="fixed"`, round(keep_ratio * N) per sample, so sweeps
+compare methods at equal cost) and the reference's own data-dependent count (`count="adaptive"`).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ torch = lazy_loader.load("torch")  # configs are built where torch is not import
 # second-to-last layer's output: the features LLaVA projects.
 VISION_LAYER = -1
 IQR_FACTOR = 1.5
+COUNTS = ("fixed", "adaptive")
+# PruMerge+'s adaptive grid: every (floor(1 / r) // GRID_DIVISOR)-th token, r the outlier ratio.
+GRID_DIVISOR = 3
 
 
 def iqr_outliers(attention: torch.Tensor) -> torch.Tensor:
@@ -77,6 +84,34 @@ def prumerge_keep(attention: torch.Tensor, count: int, plus: bool) -> torch.Tens
     return top | spread(~top, count - n_top)
 
 
+def adaptive_keep(attention: torch.Tensor, plus: bool) -> torch.Tensor:
+    """Return the reference's adaptive keep set per sample as a `(batch, n)` mask (PruMerge's own count).
+
+    The IQR outliers give the ratio r = n_outliers / n. PruMerge keeps the top int(n * r) tokens by
+    CLS attention, which are the outliers themselves (counted exactly rather than through the float
+    r). PruMerge+ adds a spatially uniform sample: indices 0, s, 2s, ... below n - 1 with
+    s = int(int(1 / r) / 3) = (n // n_outliers) // 3, those already kept counted once. Two guards
+    where the reference would fail: with no outlier (r = 0, a division by zero there) the single
+    top-ranked token stands in for one, so r = 1 / n; a stride of 0 (more than a third of the tokens
+    are outliers) becomes 1, every token, the limit the stride approaches as r grows.
+
+    Args:
+        attention: `(batch, n)` CLS attention of each token.
+    """
+    batch, n = attention.shape
+    n_top = iqr_outliers(attention).sum(dim=1).clamp(min=1)
+    order = torch.sort(attention, dim=1, descending=True, stable=True).indices
+    ranks = torch.arange(n, device=attention.device).expand(batch, n)
+    keep = torch.zeros(batch, n, dtype=torch.bool, device=attention.device)
+    keep.scatter_(1, order, ranks < n_top[:, None])
+    if not plus:
+        return keep
+    # The reference's grid ends at 575 for 576 tokens: index n - 1 is never a grid point.
+    stride = (n // n_top) // GRID_DIVISOR
+    grid = (ranks % stride.clamp(min=1)[:, None] == 0) & (ranks < n - 1)
+    return keep | grid
+
+
 def prumerge_weights(
     attention: torch.Tensor, keys: torch.Tensor, kept: torch.Tensor, neighbours: int
 ) -> torch.Tensor:
@@ -98,18 +133,29 @@ def prumerge_weights(
 
 @dataclass(frozen=True)
 class PruMergeTokens:
-    """PruMerge's selector (`select`) and merger (`merge`), on vision layer `layer`."""
+    """PruMerge's selector (`select`) and merger (`merge`), on vision layer `layer`.
+
+    `adaptive`: keep `adaptive_keep`'s data-dependent set (at most `count`), one sample at a time."""
 
     plus: bool
     neighbours: int
     layer: int = VISION_LAYER
+    adaptive: bool = False
 
     def select(
         self, scores: torch.Tensor | None, live: torch.Tensor, count: int, context: SelectContext
     ) -> torch.Tensor:
-        """Keep `prumerge_keep`'s tokens (a `Selector`)."""
+        """Keep `prumerge_keep`'s tokens, or `adaptive_keep`'s (a `Selector`)."""
         attention = live_cls_attention(context, self.layer, live)
-        return live.gather(1, mask_to_indices(prumerge_keep(attention, count, self.plus), count))
+        if not self.adaptive:
+            return live.gather(1, mask_to_indices(prumerge_keep(attention, count, self.plus), count))
+        if live.shape[0] != 1:
+            raise ValueError(
+                f"adaptive PruMerge keeps a different number of tokens per sample; select one sample at a "
+                f"time (batch 1), got a batch of {live.shape[0]}"
+            )
+        keep = adaptive_keep(attention, self.plus)[0]
+        return live[:, keep][:, :count]
 
     def merge(
         self, hidden: torch.Tensor, live: torch.Tensor, kept: torch.Tensor, context: SelectContext
@@ -132,9 +178,14 @@ class PruMergeConfig(MethodConfig):
             heads; above Q3 + 1.5 IQR) and fill the budget with tokens spread evenly over the
             rest. Without it the IQR rule drops out: outliers are the top-ranked tokens, so filling
             them up by CLS rank to the budget is a plain top-k by CLS attention.
-        keep_ratio: exactly round(keep_ratio * N) image tokens per sample enter the LLM. The
-            papers' adaptive counts average about 5.5% of N (PruMerge) and 25% (PruMerge+); a
-            fixed count keeps batches rectangular.
+        keep_ratio: exactly round(keep_ratio * N) image tokens per sample enter the LLM (with
+            `count="fixed"`). The papers' adaptive counts average about 5.5% of N (PruMerge) and 25%
+            (PruMerge+); a fixed count compares methods at equal cost and keeps batches rectangular.
+        count: "fixed" (default): the exact budget of `keep_ratio`. "adaptive": the reference's own
+            count per sample (`adaptive_keep`; `keep_ratio` is not read): the IQR outliers' ratio r
+            sets how many tokens stay (PruMerge: the outliers; PruMerge+: plus every
+            ((N // outliers) // 3)-th token). Samples then keep different numbers, which the runner
+            lays out in masked slots; `segprune.stats(model).live_tokens` holds each sample's.
         neighbours: k. Each kept token becomes the CLS-attention-weighted average of itself and
             its k nearest tokens by cosine similarity of the last vision layer's keys (all heads
             concatenated), at most N - 1; 0 merges nothing.
@@ -152,6 +203,7 @@ class PruMergeConfig(MethodConfig):
     keep_ratio: float = 0.25
     neighbours: int = 32
     merge_space: str = "vision"
+    count: str = "fixed"
 
     def validate(self) -> None:
         if not isinstance(self.plus, bool):
@@ -159,15 +211,17 @@ class PruMergeConfig(MethodConfig):
         self.check_fraction("keep_ratio")
         self.check_int("neighbours", lo=0)
         self.check_choice("merge_space", MERGE_SPACES)
+        self.check_choice("count", COUNTS)
 
     def vision_layers(self) -> tuple[int, ...]:
         return (VISION_LAYER,)
 
     def plan(self, n_image: int, n_layers: int) -> TokenPlan:
-        tokens = PruMergeTokens(self.plus, self.neighbours)
+        adaptive = self.count == "adaptive"
+        tokens = PruMergeTokens(self.plus, self.neighbours, adaptive=adaptive)
         merge = tokens.merge if self.neighbours else None
-        count = keep_count(self.keep_ratio, n_image)
-        step = Keep(0, count, tokens.select, merge=merge, merge_space=self.merge_space)
+        count = n_image if adaptive else keep_count(self.keep_ratio, n_image)
+        step = Keep(0, count, tokens.select, merge=merge, merge_space=self.merge_space, adaptive=adaptive)
         return TokenPlan(n_image, n_layers, (step,))
 
     @classmethod
@@ -177,6 +231,10 @@ class PruMergeConfig(MethodConfig):
     @property
     def replayable(self) -> bool:
         return self.neighbours == 0  # merged tokens carry neighbourhood averages, which a replay lacks
+
+    @property
+    def sync_free(self) -> bool:
+        return self.count == "fixed"  # adaptive counts are read on the host to lay out the batch
 
     @classmethod
     def budget_fields(cls, reduction: float, n_layers: int, n_image: int) -> dict[str, Any]:

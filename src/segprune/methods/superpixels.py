@@ -13,11 +13,20 @@ same thing in both: each image is min-max rescaled to [0, 1] and smoothed with a
 `sigma` pixels; seeds lie on skimage's lattice; the distance is (Δlab)² + (compactness / S)² (Δxy)²
 with positions in pixels and S the seed stride, each centre searching ±2S; fragments under half the
 expected region size are folded into a neighbour, as skimage's `enforce_connectivity` does.
+
+The fused path (`fused=True`, "grid-fused", or any "grid" call inside `with fused_grid_slic():`)
+runs the same functions through `torch.compile`: the patch colours (rescale, blur, Lab: some forty
+small kernels) and each k-means round (a dozen) become a few generated kernels each. The eager
+functions are its reference (tests compare labels). The first call per shape compiles (seconds on
+a CPU; a C++ compiler is needed there, Triton on CUDA), so the path is opt-in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import lazy_loader
 
@@ -30,6 +39,31 @@ MIN_SIZE_FACTOR = 0.5  # skimage's default: fragments under half a region's expe
 # A finite penalty for patches outside a centre's search window: a patch outside every window (a
 # rare case once centres move) still joins the least distant centre instead of none.
 _OUTSIDE_WINDOW = 1e8
+SUPERPIXEL_PATHS = ("grid", "grid-fused", "skimage")
+_fuse_grid = False  # set by `fused_grid_slic`
+_compiled_fns: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+@contextlib.contextmanager
+def fused_grid_slic(enabled: bool = True) -> Iterator[None]:
+    """Within the block, every "grid" SLIC (ALTP's, CSP's Seg-First fallback) takes the fused path."""
+    global _fuse_grid
+    previous, _fuse_grid = _fuse_grid, bool(enabled)
+    try:
+        yield
+    finally:
+        _fuse_grid = previous
+
+
+def _fused(fn: Callable[..., Any]) -> Callable[..., Any]:
+    # One compiled function per Python function, shapes static: ALTP calls it with one shape per model.
+    if fn not in _compiled_fns:
+        _compiled_fns[fn] = torch.compile(fn, dynamic=False)
+    return _compiled_fns[fn]
+
+
+def _use_fused(fused: bool | None) -> bool:
+    return _fuse_grid if fused is None else bool(fused)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -160,6 +194,7 @@ def grid_slic(
     compactness: float,
     sigma: float = 0.0,
     iters: int = SLIC_ITERS,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """Return `(batch, N)` long region labels from SLIC k-means on the patch grid.
 
@@ -170,21 +205,32 @@ def grid_slic(
         compactness: SLIC's C, the weight of position against colour (as in skimage).
         sigma: Gaussian smoothing of the image in pixels before clustering (0: none).
         iters: assignment/update rounds (skimage's default is 10).
+        fused: run colours and k-means rounds compiled (None: as `fused_grid_slic` says; off by default).
     Returns:
         Labels 0..K_b-1 per sample with every label used, K_b at most the number of seeds, numbered
         by the seed they grew from (row-major), so label order follows the image's layout.
     """
-    colour = patch_colours(images, grid, sigma)
-    return cluster_patches(colour, grid, images.shape[-2:], n_regions, compactness, iters)
+    fused = _use_fused(fused)
+    colour = patch_colours(images, grid, sigma, fused=fused)
+    return cluster_patches(colour, grid, images.shape[-2:], n_regions, compactness, iters, fused=fused)
 
 
-def patch_colours(images: torch.Tensor, grid: tuple[int, int], sigma: float = 0.0) -> torch.Tensor:
+def patch_colours(
+    images: torch.Tensor, grid: tuple[int, int], sigma: float = 0.0, fused: bool = False
+) -> torch.Tensor:
     """Return `(batch, N, 3)`: the Lab colour of each patch's mean RGB, after rescaling and smoothing.
 
     Lab, so that colour distances and thus `compactness` mean what they do in skimage. Converting the
     N patch means rather than every pixel (skimage's order) took 7 ms instead of 11 per 336 px image
     on 2 CPU cores and agreed with skimage as well (benchmarks/superpixels.py measures both).
+    `fused`: the same computation compiled (float results agree to rounding, not bit for bit).
     """
+    if fused:
+        return _fused(_patch_colours)(images, grid, sigma)
+    return _patch_colours(images, grid, sigma)
+
+
+def _patch_colours(images: torch.Tensor, grid: tuple[int, int], sigma: float) -> torch.Tensor:
     patch_rgb = blurred_patch_means(rescale(images.float()), grid, sigma)  # (batch, 3, rows, cols)
     return rgb_to_lab(patch_rgb).flatten(2).transpose(1, 2)
 
@@ -196,11 +242,13 @@ def cluster_patches(
     n_regions: int,
     compactness: float,
     iters: int = SLIC_ITERS,
+    fused: bool = False,
 ) -> torch.Tensor:
     """Return `(batch, N)` labels from SLIC's k-means over patches with `(batch, N, 3)` Lab colours.
 
     Positions are patch centres in pixels of an image of `image_size` `(H, W)`, so seeds, compactness
-    and search windows mean what they do in skimage, which clusters the pixels themselves.
+    and search windows mean what they do in skimage, which clusters the pixels themselves. `fused`:
+    each k-means round compiled (`kmeans_round`).
     """
     if iters < 1:
         raise ValueError(f"iters={iters} must be >= 1")
@@ -224,25 +272,38 @@ def cluster_patches(
     # straddles an edge gets a mixed colour and usually dies, so flat areas are not cut up.
     seeds = torch.cartesian_prod(seed_y, seed_x)  # (K, 2)
     centres = torch.cat([torch.zeros_like(seeds[:, :1]).expand(-1, 3), scale * seeds], dim=-1)
-    centres = centres.expand(batch, -1, -1)  # (batch, K, 5)
+    centres = centres.expand(batch, -1, -1).contiguous()  # (batch, K, 5)
     n_seeds = ny * nx
     reach = 2 * scale * step  # skimage searches a window of +-2 S around each centre
+    kmeans = _fused(kmeans_round) if fused else kmeans_round
     for _ in range(iters):
-        # Differences rather than |a|² - 2a·b + |b|²: exact zeros in flat areas stay exact ties, so
-        # a sample's labels do not depend on what else is in the batch.
-        diff = features[:, :, None, :] - centres[:, None, :, :]  # (batch, N, K, 5)
-        distance = diff.square().sum(-1)
-        outside = (diff[..., 3:].abs() > reach).any(dim=-1)
-        labels = (distance + _OUTSIDE_WINDOW * outside).argmin(dim=-1)
-        # Centre update as a matmul with the one-hot assignment: deterministic on every backend,
-        # unlike scatter_add, whose float atomics on CUDA sum in a different order each run.
-        member = one_hot(labels, n_seeds)  # (batch, N, K)
-        count = member.sum(dim=1)[..., None]  # (batch, K, 1)
-        # An empty cluster keeps its old centre.
-        centres = torch.where(count > 0, member.transpose(1, 2) @ features / count.clamp(min=1), centres)
+        labels, centres = kmeans(features, centres, reach, n_seeds)
     # skimage folds fragments under half the expected segment area, H * W / n_regions pixels.
     min_size = MIN_SIZE_FACTOR * rows * cols / n_regions
     return relabel(merge_fragments(labels, grid, min_size), n_seeds)
+
+
+def kmeans_round(
+    features: torch.Tensor, centres: torch.Tensor, reach: float, n_centres: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SLIC k-means round: `(batch, N)` labels of the nearest centre, and the updated centres.
+
+    `features` `(batch, N, 5)` and `centres` `(batch, K, 5)` are scaled so that squared Euclidean
+    distance is SLIC's; a centre only reaches patches within `reach` on both position axes.
+    """
+    # Differences rather than |a|² - 2a·b + |b|²: exact zeros in flat areas stay exact ties, so
+    # a sample's labels do not depend on what else is in the batch.
+    diff = features[:, :, None, :] - centres[:, None, :, :]  # (batch, N, K, 5)
+    distance = diff.square().sum(-1)
+    outside = (diff[..., 3:].abs() > reach).any(dim=-1)
+    labels = (distance + _OUTSIDE_WINDOW * outside).argmin(dim=-1)
+    # Centre update as a matmul with the one-hot assignment: deterministic on every backend,
+    # unlike scatter_add, whose float atomics on CUDA sum in a different order each run.
+    member = one_hot(labels, n_centres)  # (batch, N, K)
+    count = member.sum(dim=1)[..., None]  # (batch, K, 1)
+    # An empty cluster keeps its old centre.
+    centres = torch.where(count > 0, member.transpose(1, 2) @ features / count.clamp(min=1), centres)
+    return labels, centres
 
 
 def merge_fragments(
@@ -386,13 +447,15 @@ def slic_regions(
     sigma: float,
     superpixels: str = "grid",
 ) -> tuple[torch.Tensor, int]:
-    """Return `(batch, N)` token labels by `grid_slic` ("grid") or `skimage_slic` ("skimage") and a
-    bound above every label (the seed count for "grid", so that path reads nothing on the host)."""
-    if superpixels == "grid":
-        labels = grid_slic(images, grid, n_regions, compactness, sigma)
+    """Return `(batch, N)` token labels by `grid_slic` ("grid"; "grid-fused" compiled) or
+    `skimage_slic` ("skimage") and a bound above every label (the seed count for the grid paths,
+    so they read nothing on the host)."""
+    if superpixels in ("grid", "grid-fused"):
+        fused = True if superpixels == "grid-fused" else None
+        labels = grid_slic(images, grid, n_regions, compactness, sigma, fused=fused)
         (_, _, seed_rows), (_, _, seed_cols) = seed_lattice(*images.shape[-2:], n_regions)
         return labels, seed_rows * seed_cols
     if superpixels == "skimage":
         labels = skimage_slic(images, grid, n_regions, compactness, sigma)
         return labels, int(labels.max()) + 1  # the CPU path has synced already
-    raise ValueError(f"superpixels={superpixels!r} is not valid; valid: ['grid', 'skimage']")
+    raise ValueError(f"superpixels={superpixels!r} is not valid; valid: {list(SUPERPIXEL_PATHS)}")

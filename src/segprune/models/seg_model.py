@@ -11,16 +11,21 @@ boxes and one mask per prompt. Two protocols:
   each decode step is kept, so the one that produced a `[SEG]` needs no second forward.
 
 `segprune.prune_(model, config)` prunes the LLM's image tokens only; the LLM's output keeps the
-unpruned length, so `[SEG]` positions need no remapping.
+unpruned length, so `[SEG]` positions need no remapping. Under CSP's Seg-First (`CSPConfig(cluster=
+"seg_first")`) both protocols hand the selector instance masks: by default SAM's everything mode on
+the SAM image embedding the masks are decoded from anyway (`CSPConfig.instances`,
+`SegModel.instance_source`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import (
     LlavaConfig,
@@ -107,6 +112,8 @@ class SegModel(PreTrainedModel):
             nn.Linear(width, width), nn.ReLU(), nn.Linear(width, prompt_width), nn.Dropout(0.0)
         )
         self.tokenizer: Any = None
+        # How SAM's everything mode finds CSP Seg-First's instances (`sam_instance_masks`).
+        self.instance_settings = InstanceSettings()
         self.post_init()
 
     @property
@@ -243,6 +250,7 @@ class SegModel(PreTrainedModel):
         threshold: float | None = 0.0,
         image_tokens: bool = True,
         score_token: str = "prompt",
+        instance_masks: Sequence[Any] | None = None,
     ) -> list[torch.Tensor]:
         """Segment what each query refers to: one `(H, W)` bool mask per image, at its original size.
 
@@ -259,6 +267,11 @@ class SegModel(PreTrainedModel):
         With `image_tokens=False` no image token reaches the LLM (the blind baseline: how much the LLM
         reads its image tokens): the text runs alone, at the positions it has with the image in
         place, and the LLaVA tower does not run; SAM still sees the image.
+
+        `instance_masks` matter only under CSP's Seg-First (`CSPConfig(cluster="seg_first")`): one
+        `(K, H, W)` bool array or tensor of instance masks per image, at its original size, used
+        instead of the default (`instance_source`); each image token takes the instance covering most
+        of its patch (`instance_token_ids`).
         """
         if score_token not in SCORE_TOKENS:
             raise ValueError(f"score_token={score_token!r} is not valid; valid: {list(SCORE_TOKENS)}")
@@ -271,17 +284,22 @@ class SegModel(PreTrainedModel):
         split = None
         if image_tokens and score_token == "prompt" and self._scores_by_last_token():
             split = self._answer_start(queries, input_ids, attention_mask)
-        if image_tokens and split is None:
-            hidden_states = self.mllm.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=positions,
-                pixel_values=batch["pixel_values"],
-                use_cache=False,
-            ).last_hidden_state
-        elif image_tokens:
-            hidden_states = self._prompt_then_answer(batch, positions, split)
+        image_embeddings = None
+        if image_tokens:
+            with self._seg_first_instances(batch, instance_masks) as image_embeddings:
+                if split is None:
+                    hidden_states = self.mllm.model(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        position_ids=positions,
+                        pixel_values=batch["pixel_values"],
+                        use_cache=False,
+                    ).last_hidden_state
+                else:
+                    hidden_states = self._prompt_then_answer(batch, positions, split)
         else:
+            if instance_masks is not None:
+                raise ValueError("instance_masks select image tokens; with image_tokens=False there are none")
             text = input_ids != self.config.llava_config.image_token_id
             n, n_text = len(texts), int(text[0].sum())  # every prompt holds one image's tokens
             input_ids, attention_mask, positions = (
@@ -304,7 +322,9 @@ class SegModel(PreTrainedModel):
         # [SEG]: the one whose logits predict [SEG], the same state `ground` keeps while decoding.
         rows = torch.arange(len(first), device=first.device)
         hidden = hidden_states[rows, first - 1][:, None]
-        low_res = self.decode_masks(self.sam.get_image_embeddings(batch["sam_pixels"]), hidden)
+        if image_embeddings is None:
+            image_embeddings = self.sam.get_image_embeddings(batch["sam_pixels"])
+        low_res = self.decode_masks(image_embeddings, hidden)
         masks = [self._to_original(low_res[b], batch["sam"], b)[0] for b in range(len(first))]
         return masks if threshold is None else [m > threshold for m in masks]
 
@@ -367,19 +387,212 @@ class SegModel(PreTrainedModel):
         )
         return torch.cat([prefill.last_hidden_state, answer.last_hidden_state], dim=1)
 
+    # -- CSP Seg-First's instances --------------------------------------------------------------
+
+    def instance_source(self, given: bool = False) -> str | None:
+        """Return where CSP Seg-First's instances come from in `segment` and `ground` now, or None.
+
+        None: the model is not pruned with a Seg-First stage. Otherwise one of
+        `segprune.methods.csp.INSTANCE_SOURCES`, from the config's `instances` (`instance_source`
+        there): "sam" (the default: this model's SAM, everything mode, on the SAM image embedding
+        the masks are decoded from), "superpixels", "given" (masks from `prune_(...,
+        instance_masks=)` or from the call) or "ground_truth". `given`: whether the call passes
+        `instance_masks`. Raises where the config and the masks disagree.
+        """
+        from segprune.methods.csp import instance_source
+
+        runner = self._runner()
+        choice = getattr(runner.config, "instance_choice", None) if runner is not None else None
+        if choice is None:
+            return None
+        if given and runner.instance_masks is not None:
+            raise ValueError(
+                "instance masks were given twice: to prune_(..., instance_masks=) and to this call; give "
+                "them once"
+            )
+        return instance_source(choice, has_sam=True, given=given or runner.instance_masks is not None)
+
+    def _runner(self) -> Any:
+        # segprune.patch has no public hook for per-call instances, so the plan runner's detector
+        # slot is set for the duration of one call (as segprune.graph reads the runner too).
+        from segprune.patch import _adapter
+
+        return _adapter(self)
+
+    @contextlib.contextmanager
+    def _seg_first_instances(
+        self, batch: dict[str, Any], instance_masks: Sequence[Any] | None
+    ) -> Iterator[torch.Tensor | None]:
+        """Give CSP Seg-First's selector its instances for the LLM forwards inside the block.
+
+        Yields SAM's image embeddings where SAM's instances were computed from them (the caller
+        decodes its masks from the same ones), else None.
+        """
+        source = self.instance_source(given=instance_masks is not None)
+        if source is None:
+            if instance_masks is not None:
+                raise ValueError(
+                    "instance_masks apply to CSP Seg-First only (CSPConfig(cluster='seg_first')); this "
+                    "model is not pruned with it"
+                )
+            yield None
+            return
+        if source == "superpixels" or (source != "sam" and instance_masks is None):
+            yield None  # the plan runner cuts superpixels, or calls prune_'s detector
+            return
+        embeddings = None
+        if source == "sam":
+            embeddings = self.sam.get_image_embeddings(batch["sam_pixels"])
+            masks = self.sam_instance_masks(embeddings, batch["sam"])
+        else:
+            masks = self._check_instance_masks(instance_masks, batch["sam"].original)
+        tower = [self._tower_frame(m) for m in masks]
+        pixels = batch["pixel_values"]
+
+        def instances(pixel_values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+            ids = self._token_ids(tower, grid).to(pixel_values.device)
+            if len(pixel_values) == len(ids):
+                return ids
+            # The runner asks one sample at a time where a batch's samples differ: find each by its
+            # pixels (samples of one image share its instances).
+            rows = []
+            for image in pixel_values:
+                match = [b for b in range(len(pixels)) if torch.equal(pixels[b].to(image), image)]
+                if not match:
+                    raise RuntimeError(
+                        "Seg-First was asked for the instances of an image this call did not encode"
+                    )
+                rows.append(match[0])
+            return ids[rows]
+
+        runner = self._runner()
+        runner.instance_masks = instances
+        try:
+            yield embeddings
+        finally:
+            runner.instance_masks = None
+
+    @torch.no_grad()
+    def sam_instance_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        sam: seg_inputs.SamPixels,
+        settings: InstanceSettings | None = None,
+    ) -> list[torch.Tensor]:
+        """Return, per image, `(K, H, W)` bool instance masks at its original size, best first.
+
+        SAM's everything mode (`segprune.models.sam_instances`, with `settings` or
+        `self.instance_settings`) on `image_embeddings` of the SAM inputs `sam`; each low-resolution
+        mask is brought to the original size as `segment`'s masks are.
+        """
+        size = self.config.sam_config.vision_config.image_size
+        found = sam_instances(self.sam, image_embeddings, size, settings or self.instance_settings)
+        out = []
+        for b, masks in enumerate(found):
+            height, width = sam.original[b]
+            if not len(masks):
+                out.append(torch.zeros(0, height, width, dtype=torch.bool, device=masks.device))
+                continue
+            logits = masks.float() - 0.5  # back to logits around 0, for SAM's own upsampling
+            out.append(seg_inputs.masks_to_original(logits, size, sam.resized[b], sam.original[b]) > 0)
+        return out
+
+    def instance_token_ids(self, masks: Sequence[Any], grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Return `(B, N)` instance ids per LLaVA image token (-1: none) for per-image instance masks.
+
+        `masks` holds one `(K, H, W)` bool array or tensor per image, at its original size. Each is
+        brought to the vision tower's frame (the same resize and centre crop as the image), and each
+        token takes the instance covering most of its patch, or -1 where most of it is covered by
+        none (`segprune.masks_to_token_ids`). `grid`: the patch grid, by default the tower's.
+        """
+        if grid is None:
+            vision = self.config.llava_config.vision_config
+            grid = (vision.image_size // vision.patch_size,) * 2
+        masks = [self._as_masks(m, f"instance_masks[{b}]") for b, m in enumerate(masks)]
+        return self._token_ids([self._tower_frame(m) for m in masks], grid)
+
+    @staticmethod
+    def _as_masks(masks: Any, name: str) -> torch.Tensor:
+        tensor = torch.as_tensor(masks)
+        if tensor.dim() != 3 or tensor.dtype != torch.bool:
+            raise ValueError(
+                f"{name} must be a (K, H, W) bool array of instance masks, got "
+                f"{tuple(tensor.shape)} {tensor.dtype}"
+            )
+        return tensor
+
+    def _check_instance_masks(
+        self, instance_masks: Sequence[Any], sizes: Sequence[tuple[int, int]]
+    ) -> list[torch.Tensor]:
+        """Return the caller's masks as bool tensors, checking one `(K, H, W)` per image at its size."""
+        if len(instance_masks) != len(sizes):
+            raise ValueError(
+                f"got instance masks for {len(instance_masks)} image(s) but {len(sizes)} images; give "
+                "one (K, H, W) array per image"
+            )
+        out = []
+        for b, (masks, size) in enumerate(zip(instance_masks, sizes, strict=True)):
+            tensor = self._as_masks(masks, f"instance_masks[{b}]")
+            if tuple(tensor.shape[1:]) != tuple(size):
+                raise ValueError(
+                    f"instance_masks[{b}] is {tuple(tensor.shape[1:])} (H, W) but its image is "
+                    f"{tuple(size)}; give the masks at the image's original size"
+                )
+            out.append(tensor)
+        return out
+
+    def _tower_frame(self, masks: torch.Tensor) -> torch.Tensor:
+        """`(K, H, W)` masks at an image's original size -> `(K, S, S)` in the LLaVA tower's frame.
+
+        The geometry of `seg_inputs.clip_pixels` (shortest side to S, centre crop; or a plain resize
+        with `clip_crop=False`); a resized pixel belongs to a mask where it is more than half covered.
+        """
+        size = self.config.llava_config.vision_config.image_size
+        height, width = masks.shape[-2:]
+        if self.config.clip_crop:
+            short = min(height, width)
+            # CLIPImageProcessor truncates the long side, as clip_pixels does.
+            long = int(size * max(height, width) / short)
+            target = (size, long) if height <= width else (long, size)
+        else:
+            target = (size, size)
+        x = masks[:, None].float()
+        if x.shape[0] and (height, width) != target:
+            x = F.interpolate(x, size=target, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (target[0] - size) // 2, (target[1] - size) // 2
+        x = x[..., top : top + size, left : left + size] if x.shape[0] else x.new_zeros(0, 1, size, size)
+        return x[:, 0] > 0.5
+
+    @staticmethod
+    def _token_ids(tower: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+        """`(B, N)` token instance ids from per-image `(K_b, S, S)` masks in the tower's frame.
+
+        `segprune.masks_to_token_ids`' rule (the lower instance wins a pixel; a token takes the label,
+        "none" included, of most of its pixels), with pixel labels painted mask by mask: its argmax over
+        a `(B, K, S, S)` stack took most of a second per batch of 16 on one CPU thread.
+        """
+        from segprune.methods.regions import token_majority
+
+        device = tower[0].device
+        labels = torch.zeros(len(tower), *tower[0].shape[-2:], dtype=torch.long, device=device)
+        for b, masks in enumerate(tower):
+            for k in reversed(range(len(masks))):  # lower instances painted last, so they win
+                labels[b][masks[k].to(device)] = k + 1
+        n_labels = 1 + max(len(m) for m in tower)
+        return token_majority(labels, grid, n_labels) - 1
+
     @torch.no_grad()
     def sam_instance_tokens(
         self, pixel_values: torch.Tensor, grid: tuple[int, int], settings: InstanceSettings | None = None
     ) -> torch.Tensor:
-        """Return `(B, N)` instance ids per image token (-1: none) from this model's own SAM.
+        """Return `(B, N)` instance ids per image token (-1: none) from this model's SAM, as a detector.
 
-        For CSP's Seg-First without a detector: `segprune.prune_(model, CSPConfig(cluster="seg_first"),
-        instance_masks=model.sam_instance_tokens)`. The vision tower's pixels are de-normalised,
-        run through SAM's image encoder (a second SAM pass per prefill; `segment`'s own runs on the
-        original image) and SAM's everything mode (`segprune.models.sam_instances`); each token
-        takes the instance covering most of its patch.
+        The `prune_(..., instance_masks=)` form of the default, for calls that bypass `segment` and
+        `ground` (the LLaVA inside, `generate`): the vision tower's pixels are de-normalised and run
+        through SAM's image encoder (a second SAM pass; `segment` and `ground` reuse the one their
+        masks are decoded from) and its everything mode; each token takes the instance covering most
+        of its patch.
         """
-        from segprune.methods.regions import masks_to_token_ids
         from segprune.pixels import CLIP_MEAN, CLIP_STD
 
         mean = torch.tensor(CLIP_MEAN, device=pixel_values.device).view(1, 3, 1, 1)
@@ -388,15 +601,8 @@ class SegModel(PreTrainedModel):
         size = self.config.sam_config.vision_config.image_size
         sam = seg_inputs.sam_pixels(list(rgb), size)
         embeddings = self.sam.get_image_embeddings(sam.pixels.to(self.device, self.dtype))
-        instances = sam_instances(self.sam, embeddings, size, settings or InstanceSettings())
-        height, width = pixel_values.shape[-2:]
-        masks = torch.zeros(len(instances), max(1, *map(len, instances)), height, width, dtype=torch.bool)
-        for b, found in enumerate(instances):
-            if len(found):
-                logits = found.float() - 0.5  # back to logits around 0, for SAM's own upsampling
-                up = seg_inputs.masks_to_original(logits, size, sam.resized[b], sam.original[b]) > 0
-                masks[b, : len(found)] = up.cpu()
-        return masks_to_token_ids(masks, grid).to(pixel_values.device)
+        masks = self.sam_instance_masks(embeddings, sam, settings)  # in the tower's frame already
+        return self._token_ids(masks, grid).to(pixel_values.device)
 
     def _seg_id(self) -> int:
         if self.config.seg_token_id is None:
@@ -413,6 +619,7 @@ class SegModel(PreTrainedModel):
         *,
         max_new_tokens: int = 128,
         threshold: float | None = 0.0,
+        instance_masks: Sequence[Any] | None = None,
         **generate_kwargs: Any,
     ) -> list[GroundedAnswer]:
         """Describe each image with grounded phrases: greedy generation, one mask per generated `[SEG]`.
@@ -422,6 +629,7 @@ class SegModel(PreTrainedModel):
         `[SEG]` is its mask prompt, so no second forward runs. Extra keyword arguments go to
         `generate()` (a `logits_processor`, for example); beam search is refused because it reorders
         the batch behind the kept states. With `threshold=None` the masks hold float logits.
+        `instance_masks`: CSP Seg-First's instances, as for `segment`.
         """
         if generate_kwargs.get("num_beams", 1) != 1:
             raise ValueError("ground decodes greedily (or samples); beam search is not supported")
@@ -453,12 +661,13 @@ class SegModel(PreTrainedModel):
         }
         hook = self.mllm.model.language_model.register_forward_hook(keep_last_state)
         try:
-            sequences = self.mllm.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                pixel_values=batch["pixel_values"],
-                **options,
-            )
+            with self._seg_first_instances(batch, instance_masks) as image_embeddings:
+                sequences = self.mllm.generate(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    pixel_values=batch["pixel_values"],
+                    **options,
+                )
         finally:
             hook.remove()
         generated = sequences[:, batch["input_ids"].shape[1] :]
@@ -466,8 +675,8 @@ class SegModel(PreTrainedModel):
             raise RuntimeError(f"kept {len(steps)} decode states for {generated.shape[1]} generated tokens")
         states = torch.stack(steps[: generated.shape[1]], dim=1)  # (B, T, width): state t produced token t
 
-        image_embeddings = None  # SAM's encoder only runs if some answer holds a [SEG]
-        if bool((generated == seg_id).any()):
+        # SAM's encoder runs only if some answer holds a [SEG] (or it ran for Seg-First's instances).
+        if image_embeddings is None and bool((generated == seg_id).any()):
             image_embeddings = self.sam.get_image_embeddings(batch["sam_pixels"])
         answers = []
         for b, row in enumerate(generated.tolist()):

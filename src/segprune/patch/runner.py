@@ -10,6 +10,11 @@ Sequence bookkeeping uses *sequence indices*: the position of a token in the unp
 tokens keep their original position ids, each layer's KV cache holds its live tokens only, and the
 language model's output has the unpruned length: rows of pruned image tokens hold the hidden state
 they had when they were dropped, so `[SEG]` offsets, logits and labels line up as without pruning.
+
+When the samples of a batch differ (image tokens, images per prompt, or an adaptive step's counts)
+the runner selects one sample at a time and keeps the batch rectangular with *masked slots*: a
+sample with fewer live tokens than the widest fills its row with slots at sequence index `SLOT`,
+which sort last, attend to nothing that matters and are seen by no query (docs/design.md).
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from torch import nn
 
 from segprune import flops
 from segprune.families import Family, take
+from segprune.methods.allocate import allocate, ddc_weights
 from segprune.methods.base import MethodConfig
-from segprune.methods.plan import Keep, SelectContext
+from segprune.methods.plan import Keep, SelectContext, TokenPlan
 from segprune.methods.scores import attention_row
-from segprune.patch.state import ForwardState, PruneStats, StaticLayout
+from segprune.patch.state import SLOT, ForwardState, ImagePart, PruneStats, SampleLayout, StaticLayout
 from segprune.patch.transformers_api import TransformersAPI
 
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -81,6 +87,7 @@ class PlanRunner:
         self._pending: dict[str, Any] | None = None
         self.vision = family.vision_features(config.vision_layers())
         self._pixels: Any = None  # what the vision tower received, in the family's form
+        self._vision_rows: dict = {}  # a prefill's vision rows, shared by its images' contexts
         self._projector_input: torch.Tensor | None = None
         self._hooks = family.watch(self._on_prompt, self._on_pixels, self._on_features)
         runner = self
@@ -113,9 +120,8 @@ class PlanRunner:
         """Take `input_ids` as the next prefill's prompt (callers that bypass the top-level forward)."""
         self._pending = self.family.prompt(input_ids, None)
 
-    def _merge_vision(self, step: Keep, live_img, new_img, context) -> torch.Tensor:
-        """Merge the vision features the projector received, then project: `(batch, count, D)`."""
-        features, self._projector_input = self._projector_input, None
+    def _merge_vision(self, step: Keep, live_img, new_img, context, features) -> torch.Tensor:
+        """Merge `features`, the vision features the projector received, then project: `(batch, count, D)`."""
         batch, n_image = live_img.shape[0], context.n_image
         if features is None or features.shape[:2] != (batch, n_image):
             got = None if features is None else tuple(features.shape)
@@ -124,7 +130,7 @@ class PlanRunner:
                 f"got {got}: run the model with pixel_values (one image per sample)"
             )
         merged = step.merge(take(features, live_img), live_img, new_img, context)
-        return self.family.project(merged)
+        return self.family.project(merged)  # the projector's hook sees this call too: read it first
 
     # -- the patched forward --------------------------------------------------------------------
 
@@ -206,37 +212,58 @@ class PlanRunner:
         if image_mask is not None and image_mask.shape != (batch, length):
             image_mask = None
         if self.static is not None:
-            n_image, padded = self.static.n_image, False
+            counts, padded = [self.static.n_image] * batch, False
         else:
-            n_image, padded = self._prologue(image_mask, valid)
+            counts, padded = self._prologue(image_mask, valid, batch)
+        n_image = max(counts)
+        raw, self._pixels = self._pixels, None
+        plan = self.config.plan(n_image, self.n_layers) if n_image else None
+        samples = self._samples(counts, plan, raw, device) if plan else None
+        if samples is not None:  # masked slots: every mask needs the padding mask
+            padded = True
+            if valid is None:
+                valid = torch.ones(batch, length, dtype=torch.bool, device=device)
         if not padded:
             valid = None
         seq = torch.arange(length, device=device).expand(batch, length).contiguous()
         position_ids = family.prefill_positions(seq, position_ids)
-        plan = self.config.plan(n_image, self.n_layers) if n_image else None
         state = ForwardState(plan=plan, cache=cache if use_cache else None, seq_len=length, padded=padded)
         state.continuation = family.continuation(position_ids, length)
         self.state = state
         non_pad = valid.sum(dim=1) if valid is not None else torch.full((batch,), length, device=device)
-        state.text_tokens = non_pad - n_image
+        state.text_tokens = non_pad - (n_image if samples is None else image_mask.sum(dim=1))
+        if samples is not None:
+            state.image_counts = counts
 
         if n_image:
-            # Stable sorts keep sequence order: image positions first, text positions after.
-            order = torch.sort((~image_mask).to(torch.int8), dim=1, stable=True).indices
-            image_seq, text_seq = order[:, :n_image], order[:, n_image:]
+            # Image and text positions in sequence order; a sample with fewer fills up with SLOT.
+            image_seq = torch.where(image_mask, seq, SLOT).sort(dim=1).values[:, :n_image]
+            text_seq = torch.where(image_mask, SLOT, seq).sort(dim=1).values[:, : length - min(counts)]
+            if samples is not None:  # one more column: where a masked image slot points
+                image_seq = torch.cat([image_seq, image_seq.new_full((batch, 1), SLOT)], dim=1)
         live_img = torch.arange(n_image, device=device).expand(batch, n_image).contiguous()
+        live_n = list(counts)
+        if samples is not None:
+            live_img = torch.where(live_img < image_mask.sum(dim=1, keepdim=True), live_img, n_image)
         live_seq = seq
         # Position ids and rotary embeddings of the live tokens; renumbered plans change them per step.
         layer_pos, rope = family.rope(embeds, position_ids)
         renumber = plan is not None and plan.renumber
         hidden = embeds
-        # Pruned rows keep their last hidden state here, and re-activated rows come back from here.
-        full = embeds.clone() if plan and plan.steps else None
+        # Pruned rows keep their last hidden state here, and re-activated rows come back from here;
+        # masked slots read and write one spare row past the end.
+        full = None
+        if plan and plan.steps:
+            full = (
+                embeds.clone()
+                if samples is None
+                else torch.cat([embeds, embeds.new_zeros(batch, 1, width)], 1)
+            )
         events: dict[int, list[tuple[str, int]]] = {}
         for layer_idx, kind, i in plan.events() if plan else []:
             events.setdefault(layer_idx, []).append((kind, i))
         pending_scores: dict[int, torch.Tensor] = {}
-        context = self._context(n_image, pending, device) if plan else None
+        context = self._context(n_image, pending, raw, device) if plan and samples is None else None
         all_hidden = [] if output_hidden_states else None
         for layer_idx, layer in enumerate(self.layers):
             for kind, i in events.get(layer_idx, []):
@@ -248,32 +275,48 @@ class PlanRunner:
                     )
                     continue
                 scores = pending_scores.pop(i, None)
+                if scores is not None and samples is not None:
+                    slots = torch.arange(scores.shape[1], device=device)
+                    scores = scores.masked_fill(slots >= torch.tensor(live_n, device=device)[:, None], 0)
                 while len(state.scores) < i:
                     state.scores.append(None)
                 state.scores.append(scores)
                 merged = None
-                if isinstance(step, Keep):
+                if samples is not None:
+                    new_img, live_n, merged = self._apply_per_sample(
+                        i, samples, scores, live_img, live_n, live_seq, image_seq, hidden
+                    )
+                elif isinstance(step, Keep):
                     new_img = step.select(scores, live_img, step.count, context)
                     if step.merge is not None and step.merge_space == "vision":
-                        merged = self._merge_vision(step, live_img, new_img, context)
+                        features, self._projector_input = self._projector_input, None
+                        merged = self._merge_vision(step, live_img, new_img, context, features)
                     elif step.merge is not None:
                         image_rows = torch.searchsorted(live_seq, image_seq.gather(1, live_img))
                         merged = step.merge(take(hidden, image_rows), live_img, new_img, context)
                 else:
                     new_img = torch.arange(n_image, device=device).expand(batch, n_image)
-                full.scatter_(1, live_seq[..., None].expand(-1, -1, width), hidden)
+                rows = live_seq.clamp(max=full.shape[1] - 1)
+                full.scatter_(1, rows[..., None].expand(-1, -1, width), hidden)
                 if merged is not None:
-                    kept_seq = image_seq.gather(1, new_img)
-                    full.scatter_(1, kept_seq[..., None].expand(-1, -1, width), merged.to(full.dtype))
+                    kept_rows = image_seq.gather(1, new_img).clamp(max=full.shape[1] - 1)
+                    full.scatter_(1, kept_rows[..., None].expand(-1, -1, width), merged.to(full.dtype))
                 live_img = new_img
                 live_seq = torch.cat([text_seq, image_seq.gather(1, live_img)], dim=1).sort(dim=1).values
-                hidden = take(full, live_seq)
-                live_pos = family.take_positions(position_ids, live_seq)
+                if samples is not None:  # no wider than the sample with the most live tokens
+                    widest = max(length - c + n for c, n in zip(counts, live_n, strict=True))
+                    live_seq = live_seq[:, :widest].contiguous()
+                    full[:, length] = 0  # the spare row: masked slots restart from zeros
+                hidden = take(full, live_seq.clamp(max=full.shape[1] - 1))
+                live_pos = family.take_positions(position_ids, live_seq.clamp(max=length - 1))
                 if renumber:
-                    live_pos = live_pos - self._dropped_before(live_seq, image_seq, live_img)
+                    dropped = self._dropped_before(
+                        live_seq, image_seq[:, :n_image], live_img, samples is not None
+                    )
+                    live_pos = live_pos - dropped
                 layer_pos, rope = family.rope(embeds, live_pos)
             if all_hidden is not None:
-                all_hidden.append(self._full_view(full, hidden, live_seq))
+                all_hidden.append(self._full_view(full, hidden, live_seq, length))
             mask = self._mask(live_seq, live_seq, valid)
             hidden = self.api.call_layer(
                 layer,
@@ -286,10 +329,15 @@ class PlanRunner:
                 extra=kwargs,
             )
             state.key_seq.append(live_seq)
-            state.kept.append(live_img)
+            if samples is None:
+                state.kept.append(live_img)
+            else:
+                state.kept.append(torch.where(live_img < image_mask.sum(dim=1, keepdim=True), live_img, -1))
+                state.live.append(list(live_n))
         if full is not None:
-            full.scatter_(1, live_seq[..., None].expand(-1, -1, width), hidden)
-            hidden = full
+            rows = live_seq.clamp(max=full.shape[1] - 1)
+            full.scatter_(1, rows[..., None].expand(-1, -1, width), hidden)
+            hidden = full[:, :length]
         family.clear_vision(self.vision)
         self._projector_input = None
         if all_hidden is not None:
@@ -297,42 +345,224 @@ class PlanRunner:
         return hidden, all_hidden
 
     @staticmethod
-    def _prologue(image_mask: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[int, bool]:
-        """Return (image tokens per sample, whether there is padding), checking the counts agree.
+    def _prologue(
+        image_mask: torch.Tensor | None, valid: torch.Tensor | None, batch: int
+    ) -> tuple[list[int], bool]:
+        """Return (each sample's image tokens, whether there is padding).
 
         This is the prefill's one host synchronisation: the plan's shapes depend on N. Everything
-        after it, through every decoder layer and selection step, stays on the device.
+        after it, through every decoder layer and selection step, stays on the device unless the
+        samples differ (then selection runs one sample at a time, on the host's counts).
         """
         facts = []
         if image_mask is not None:
-            counts = image_mask.sum(dim=1)
-            facts += [counts.min(), counts.max()]
+            facts.append(image_mask.sum(dim=1))
         if valid is not None:
-            facts.append((~valid).any().long())
+            facts.append((~valid).any().long()[None])
         if not facts:
-            return 0, False
-        values = torch.stack(facts).tolist()
+            return [0] * batch, False
+        values = torch.cat(facts).tolist()
         padded = bool(values[-1]) if valid is not None else False
         if image_mask is None:
-            return 0, padded
-        low, high = values[0], values[1]
-        if low != high:
-            raise ValueError(
-                "every sample must hold the same number of image tokens for exact budgets; "
-                f"got {image_mask.sum(dim=1).tolist()}"
-            )
-        return int(low), padded
+            return [0] * batch, padded
+        return [int(v) for v in values[:batch]], padded
 
-    def _context(self, n_image: int, pending: dict[str, Any], device: torch.device) -> SelectContext:
-        """Collect what selectors may read for this prefill."""
-        raw, self._pixels = self._pixels, None
-        batch = pending["image_mask"].shape[0]
-        if raw is not None and self.family.count_images(raw) != batch:
+    def _samples(
+        self, counts: list[int], plan: TokenPlan, raw: Any, device: torch.device
+    ) -> list[SampleLayout] | None:
+        """Lay out each sample on its own when the samples differ, else return None (one batched path).
+
+        Samples differ when they hold different numbers of image tokens, when a prompt holds other
+        than one image, or when a step decides its own count (`Keep.adaptive`). Each sample gets
+        the plan for its own N_b, and its images (in batch order, `Family.image_grids`) a context
+        with their own grid and pixels.
+        """
+        family, batch = self.family, len(counts)
+        grids = family.image_grids(raw) if raw is not None else None
+        if len(set(counts)) == 1 and not plan.adaptive and (grids is None or len(grids) == batch):
+            return None
+        plans = {
+            n: plan if n == plan.n_image else self.config.plan(n, self.n_layers) for n in set(counts) if n
+        }
+        for other in plans.values():
+            self._check_same_steps(plan, other)
+        images = self._assign_images(counts, grids) if grids is not None else [[] for _ in counts]
+        split = self.config.needs_pixels
+        self._vision_rows = {}  # this prefill's, shared by its images' contexts
+        out = []
+        for b, n in enumerate(counts):
+            sample = SampleLayout(n, plans.get(n))
+            if not n:
+                out.append(sample)
+                continue
+            several = len(images[b]) > 1
+            if several and (self.vision is not None or self.config.needs_vision_cls):
+                raise ValueError(
+                    f"sample {b} holds {len(images[b])} images; methods that read the vision tower's CLS "
+                    "row (or merge its features) need one image per sample"
+                )
+            if not images[b] or (several and not split):  # one image set, no one grid
+                sample.parts.append(ImagePart(0, n, self._part_context(n, None, None, raw, device)))
+            else:
+                for image, grid, offset in images[b]:
+                    context = self._part_context(grid[0] * grid[1], image, grid, raw, device)
+                    sample.parts.append(ImagePart(offset, grid[0] * grid[1], context, image))
+            out.append(sample)
+        return out
+
+    @staticmethod
+    def _check_same_steps(plan: TokenPlan, other: TokenPlan) -> None:
+        def shape(p: TokenPlan) -> list[tuple]:
+            return [(type(s).__name__, s.layer, getattr(s, "score", None)) for s in p.steps]
+
+        if shape(plan) != shape(other) or plan.renumber != other.renumber:
             raise ValueError(
-                f"the vision tower saw {self.family.count_images(raw)} images but the prompt "
-                f"batch holds {batch} samples; segprune needs one image per sample (no beam search or "
-                "num_return_sequences > 1)"
+                f"the method's plans for {plan.n_image} and {other.n_image} image tokens have different "
+                "steps, so samples of those sizes cannot share a batch; batch them apart"
             )
+
+    @staticmethod
+    def _assign_images(counts: list[int], grids: list[tuple[int, int]]) -> list[list[tuple]]:
+        """Give each sample its images, in batch order, as `(image, grid, first token)`; check the counts."""
+        out, image = [], 0
+        for b, n in enumerate(counts):
+            mine, found = [], 0
+            while found < n and image < len(grids):
+                mine.append((image, grids[image], found))
+                found += grids[image][0] * grids[image][1]
+                image += 1
+            if found != n:
+                raise ValueError(
+                    f"sample {b} holds {n} image tokens but its images' grids cover {found}; the vision "
+                    f"tower saw {len(grids)} images for {len(counts)} samples (no beam search or "
+                    "num_return_sequences > 1)"
+                )
+            out.append(mine)
+        if image != len(grids):
+            raise ValueError(
+                f"the vision tower saw {len(grids)} images but the prompts' image tokens cover {image}; "
+                "segprune needs every image's tokens in the prompt (no beam search, num_return_sequences 1)"
+            )
+        return out
+
+    def _part_context(self, n_image, image, grid, raw, device) -> SelectContext:
+        """The `SelectContext` of one part of one sample, as if that sample ran alone (batch 1)."""
+        pixel_values = self.family.image_pixels(raw, image) if image is not None else None
+        instance_masks = None
+        if self.instance_masks is not None and pixel_values is not None:
+            instance_masks = self.instance_masks(pixel_values, grid).to(device)
+            if instance_masks.shape != (1, n_image):
+                raise ValueError(
+                    f"instance_masks returned shape {tuple(instance_masks.shape)} for one image; "
+                    f"expected (1, N) = {(1, n_image)}"
+                )
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(getattr(self.config, "seed", 0)))
+        vision = None
+        if self.vision is not None and image is not None:
+            vision = _ImageRows(self.vision, image, self._vision_rows)
+        return SelectContext(
+            n_image=n_image,
+            grid=grid,
+            pixel_values=pixel_values,
+            generator=generator,
+            vision=vision,
+            instance_masks=instance_masks,
+        )
+
+    def _apply_per_sample(self, i, samples, scores, live_img, live_n, live_seq, image_seq, hidden):
+        """Apply step `i` one sample at a time: `(new live_img in masked slots, live counts, merged)`."""
+        batch, pad = live_img.shape[0], image_seq.shape[1] - 1  # pad: the SLOT column
+        step_of = [s.plan.steps[i] if s.plan else None for s in samples]
+        first = next(s for s in step_of if s is not None)
+        image_hidden = None
+        if isinstance(first, Keep) and first.merge is not None and first.merge_space == "llm":
+            rows = torch.searchsorted(live_seq, image_seq.gather(1, live_img)).clamp(
+                max=live_seq.shape[1] - 1
+            )
+            image_hidden = take(hidden, rows)
+        features, self._projector_input = self._projector_input, None  # before any projection
+        kept, merged = [], []
+        for b, (sample, step) in enumerate(zip(samples, step_of, strict=True)):
+            n = live_n[b]
+            if step is None or not n:
+                kept.append(live_img.new_empty(0))
+                merged.append(None)
+            elif not isinstance(step, Keep):  # Reactivate
+                kept.append(torch.arange(sample.n_image, device=live_img.device))
+                merged.append(None)
+            else:
+                live = live_img[b : b + 1, :n]
+                rows = image_hidden[b : b + 1, :n] if image_hidden is not None else None
+                new, m = self._select_sample(
+                    step, scores[b : b + 1, :n] if scores is not None else None, live, sample, rows, features
+                )
+                kept.append(new[0])
+                merged.append(None if m is None else m[0])
+        live_n = [k.shape[0] for k in kept]
+        new_img = live_img.new_full((batch, max(live_n)), pad)
+        out = None
+        if any(m is not None for m in merged):
+            out = hidden.new_zeros(batch, max(live_n), hidden.shape[-1])
+        for b, k in enumerate(kept):
+            new_img[b, : k.shape[0]] = k
+            if merged[b] is not None:
+                out[b, : k.shape[0]] = merged[b].to(out.dtype)
+        return new_img, live_n, out
+
+    def _select_sample(self, step: Keep, scores, live, sample: SampleLayout, rows, features):
+        """Run `step` on one sample: `((1, c) kept, (1, c, D) merged or None)`.
+
+        A sample in several parts (images a method reads one by one) splits its budget over them in
+        proportion to their live tokens, by largest remainder, every part >= 1 where the budget allows."""
+        n = live.shape[1]
+        if step.count > n and not step.adaptive:
+            raise ValueError(
+                f"a step keeps {step.count} image tokens of a sample with {n} live; valid: count <= {n}"
+            )
+        count = min(step.count, n)
+        parts = sample.parts
+        if len(parts) > 1:
+            if step.adaptive or step.merge is not None:
+                raise ValueError("steps that choose their own count or merge need one image per sample")
+            part_of = torch.bucketize(
+                live[0], torch.tensor([p.offset for p in parts[1:]], device=live.device), right=True
+            )
+            sizes = torch.stack([(part_of == k).sum() for k in range(len(parts))])[None]
+            quotas = allocate(ddc_weights(sizes), sizes, count)[0].tolist()
+            kept = []
+            for k, (part, quota) in enumerate(zip(parts, quotas, strict=True)):
+                if quota:
+                    mine = part_of == k
+                    sub = live[:, mine] - part.offset
+                    sub_scores = scores[:, mine] if scores is not None else None
+                    kept.append(self._checked(step, sub_scores, sub, quota, part.context) + part.offset)
+            return torch.cat(kept, dim=1).sort(dim=1).values, None
+        part = parts[0]
+        new = self._checked(step, scores, live, count, part.context)
+        merged = None
+        if step.merge is not None and step.merge_space == "vision":
+            mine = features[part.image : part.image + 1] if features is not None else None
+            merged = self._merge_vision(step, live, new, part.context, mine)
+        elif step.merge is not None:
+            merged = step.merge(rows, live, new, part.context)
+        return new, merged
+
+    @staticmethod
+    def _checked(step: Keep, scores, live, count: int, context) -> torch.Tensor:
+        new = step.select(scores, live, count, context)
+        got = new.shape[1] if new.dim() == 2 and new.shape[0] == 1 else None
+        if got is None or not (1 <= got <= count if step.adaptive else got == count):
+            valid = f"1 <= c <= {count}" if step.adaptive else f"c == {count}"
+            raise ValueError(
+                f"a selector returned shape {tuple(new.shape)} for one sample; expected (1, c), {valid}"
+            )
+        return new
+
+    def _context(
+        self, n_image: int, pending: dict[str, Any], raw: Any, device: torch.device
+    ) -> SelectContext:
+        """Collect what selectors may read for this prefill (every sample alike, one image each)."""
         grid = self.family.grid(raw)
         pixel_values = self.family.selector_pixels(raw) if raw is not None else None
         instance_masks = None
@@ -360,21 +590,24 @@ class PlanRunner:
         )
 
     @staticmethod
-    def _dropped_before(live_seq: torch.Tensor, image_seq: torch.Tensor, live_img: torch.Tensor):
-        """Return `(batch, n_live)`: how many dropped image tokens precede each live token."""
+    def _dropped_before(live_seq, image_seq, live_img, slots: bool = False) -> torch.Tensor:
+        """Return `(batch, n_live)`: how many dropped image tokens precede each live token.
+
+        `image_seq` `(batch, N)`: the image tokens' sequence indices (SLOT past a sample's own N_b);
+        `slots`: the batch runs in masked slots, so a full width does not mean nothing was dropped."""
         n_image, n_live = image_seq.shape[1], live_img.shape[1]
-        if n_live == n_image:
+        if n_live == n_image and not slots:
             return torch.zeros_like(live_seq)
-        is_live = torch.zeros(image_seq.shape, dtype=torch.bool, device=image_seq.device)
-        is_live.scatter_(1, live_img, True)
-        beyond = image_seq.new_full((), torch.iinfo(image_seq.dtype).max)
-        dropped = image_seq.masked_fill(is_live, beyond).sort(dim=1).values[:, : n_image - n_live]
+        is_live = torch.zeros(image_seq.shape[0], n_image + 1, dtype=torch.bool, device=image_seq.device)
+        is_live.scatter_(1, live_img.clamp(max=n_image), True)
+        dropped = image_seq.masked_fill(is_live[:, :n_image], SLOT).sort(dim=1).values
         return torch.searchsorted(dropped.contiguous(), live_seq.contiguous())
 
-    def _full_view(self, full, hidden, live_seq):
+    def _full_view(self, full, hidden, live_seq, length: int):
         if full is None:
             return hidden
-        return full.scatter(1, live_seq[..., None].expand(-1, -1, hidden.shape[-1]), hidden)
+        rows = live_seq.clamp(max=full.shape[1] - 1)
+        return full.scatter(1, rows[..., None].expand(-1, -1, hidden.shape[-1]), hidden)[:, :length]
 
     def _decode(self, embeds, valid, position_ids, cache, kwargs, output_hidden_states):
         state = self.state
@@ -388,10 +621,22 @@ class PlanRunner:
             )
         if not state.padded:
             valid = None
+        elif valid is None:  # masked slots need a mask even where the caller has no padding
+            valid = torch.ones(batch, state.seq_len + q_len, dtype=torch.bool, device=embeds.device)
         # A renumbering plan's layer saw as many fewer tokens before the new ones as it had dropped.
         plan = state.plan
-        shifts = [plan.n_image - k.shape[1] if plan and plan.renumber else 0 for k in state.kept]
-        rope = {shift: self.family.rope(embeds, position_ids - shift) for shift in set(shifts)}
+        if not (plan and plan.renumber):
+            shifts: list[Any] = [0] * len(state.kept)
+        elif state.image_counts is None:
+            shifts = [plan.n_image - k.shape[1] for k in state.kept]
+        else:  # each sample its own shift: (batch, 1), broadcast over the position ids' sequence
+            shifts = [
+                tuple(n - c for n, c in zip(state.image_counts, live, strict=True)) for live in state.live
+            ]
+        rope = {}
+        for shift in set(shifts):
+            by = torch.tensor(shift, device=embeds.device)[:, None] if isinstance(shift, tuple) else shift
+            rope[shift] = self.family.rope(embeds, position_ids - by)
         hidden = embeds
         all_hidden = [] if output_hidden_states else None
         for layer_idx, layer in enumerate(self.layers):
@@ -426,13 +671,16 @@ class PlanRunner:
         decode step of more than one token gets an explicit mask.
         """
         impl = self.text_config._attn_implementation
+        if valid is not None:  # masked slots (index SLOT, past the mask's end) are never valid keys
+            bound = valid.shape[1]
+            key_valid = valid.gather(1, key_seq.clamp(max=bound - 1)) & (key_seq < bound)
         if impl.startswith("flash_attention"):
-            return None if valid is None else valid.gather(1, key_seq).long()
+            return None if valid is None else key_valid.long()
         if impl == "sdpa" and valid is None and (query_seq is key_seq or query_seq.shape[1] == 1):
             return None
         allowed = key_seq[:, None, :] <= query_seq[:, :, None]
         if valid is not None:
-            allowed = allowed & valid.gather(1, key_seq)[:, None, :]
+            allowed = allowed & key_valid[:, None, :]
             # Left-padding queries see no key at all; let them see themselves so SDPA returns
             # numbers rather than NaN. Valid queries always see themselves already.
             allowed = allowed | (key_seq[:, None, :] == query_seq[:, :, None])
@@ -475,9 +723,10 @@ class PlanRunner:
         q, k, scale = self.family.query_keys(layer, hidden, row, rope)
         key_valid = live_seq <= query_seq[:, None]
         if valid is not None:
-            key_valid = key_valid & valid.gather(1, live_seq)
+            key_valid = key_valid & valid.gather(1, live_seq.clamp(max=valid.shape[1] - 1))
         probs = attention_row(q, k, key_valid, scale)
-        return probs.gather(1, torch.searchsorted(live_seq, image_seq))
+        # Masked image slots (SLOT) land on the last row; their scores are never read.
+        return probs.gather(1, torch.searchsorted(live_seq, image_seq).clamp(max=live_seq.shape[1] - 1))
 
     # -- stats ----------------------------------------------------------------------------------
 
@@ -487,8 +736,11 @@ class PlanRunner:
         if state is None:
             raise RuntimeError("no forward has run since prune_(); run the model first")
         n_image = state.plan.n_image if state.plan else 0
-        live = torch.tensor([[k.shape[1]] * k.shape[0] for k in state.kept])
-        dims = flops.ModelDims.from_config(self.text_config, image_tokens=max(n_image, 1))
+        if state.image_counts is None:
+            live = torch.tensor([[k.shape[1]] * k.shape[0] for k in state.kept])
+        else:
+            live = torch.tensor(state.live)
+        dims = flops.ModelDims.from_config(self.text_config, max(n_image, 1), grouped_kv=True)
         return PruneStats(
             image_tokens=n_image,
             live_tokens=live,
@@ -497,4 +749,25 @@ class PlanRunner:
             scores=list(state.scores),
             dims=dims,
             renumbered=bool(state.plan and state.plan.renumber),
+            image_counts=None if state.image_counts is None else torch.tensor(state.image_counts),
         )
+
+
+class _ImageRows:
+    """One image's rows of the vision tower's CLS attention and keys (`VisionFeatures`, batch 1).
+
+    Every image of a prefill shares `cache`, so the tower's rows are recomputed once per layer."""
+
+    def __init__(self, vision: Any, image: int, cache: dict) -> None:
+        self.vision, self.image, self.cache = vision, image, cache
+
+    def _rows(self, kind: str, layer: int) -> torch.Tensor:
+        if (kind, layer) not in self.cache:
+            self.cache[kind, layer] = getattr(self.vision, kind)(layer)
+        return self.cache[kind, layer][self.image : self.image + 1]
+
+    def cls_attention(self, layer: int) -> torch.Tensor:
+        return self._rows("cls_attention", layer)
+
+    def keys(self, layer: int) -> torch.Tensor:
+        return self._rows("keys", layer)

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Issue 20 ("speed where users feel it") on one GPU: every check and table in order, each written
+# under $OUT as soon as it is done, so a run cut short keeps what finished.
+#
+#   benchmarks/gpu_issue20.sh [STAGE ...]         # default: tests slic b1 prefill max
+#   DRY_RUN=1 OUT=/tmp/i20 PYTHON=.venv/bin/python benchmarks/gpu_issue20.sh   # tiny model, CPU
+#
+# Stages (H200, LLaVA-1.5-7B-336 with random weights, bf16; minutes are estimates to size a lease):
+#   tests    GPU tests: graphed static decode == eager pruned decode, fused SLIC == eager SLIC (~2)
+#   slic     fused vs eager grid SLIC, op by op and as a CUDA graph, kernels per call  -> slic.md (~1)
+#   b1       prompt + NEW_TOKENS greedy tokens at batch 1: no-cache, eager, graphed     -> gcg-batch1.* (~3)
+#   prefill  batch-1 graphed prefill of ALTP and CSP with the fused SLIC (of ideal, selection share)
+#                                                                                        -> prefill-b1/ (~1)
+#   max      the largest batch (doubling to MAX_BATCH) of each eager and graphed row  -> gcg-max.* (~5)
+# One device command runs at most 10 minutes: run "tests slic b1 prefill" in one call and "max" in
+# the next. Everything printed also goes to $OUT/log.txt; at most 8 files come back, and these are 8.
+#
+# Knobs (environment): PRESET, DTYPE, NEW_TOKENS, REPEATS, MAX_BATCH, METHODS, REDUCTIONS, PYTHON.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-gpu_issue20_out}
+mkdir -p "$OUT"
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+METHODS=${METHODS:-fastv,pdrop,altp,csp}
+REDUCTIONS=${REDUCTIONS:-0.75,0.9}
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    # The same commands on the tiny random LLaVA on the CPU: checks the script, not a result.
+    DEVICE=cpu PRESET=${PRESET:-tiny} DTYPE=${DTYPE:-float32} NEW_TOKENS=${NEW_TOKENS:-8}
+    REPEATS=${REPEATS:-1} MAX_BATCH=${MAX_BATCH:-2} GRAPH= SLIC_BATCHES=1 SLIC_REPEATS=5
+else
+    DEVICE=cuda PRESET=${PRESET:-llava-1.5-7b-336} DTYPE=${DTYPE:-bfloat16} NEW_TOKENS=${NEW_TOKENS:-128}
+    REPEATS=${REPEATS:-2} MAX_BATCH=${MAX_BATCH:-64} GRAPH=--graph SLIC_BATCHES=1,16 SLIC_REPEATS=50
+fi
+STAGES=${*:-tests slic b1 prefill max}
+LOG="$OUT/log.txt"
+COMMON=(--preset "$PRESET" --device "$DEVICE" --dtype "$DTYPE" --reductions "$REDUCTIONS")
+GCG=(bench --e2e "${COMMON[@]}" --methods "$METHODS" --new-tokens "$NEW_TOKENS" --repeats "$REPEATS" --warmup 0 --out "$OUT")
+
+say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+stage() {  # stage NAME COMMAND...: run, log, and go on to the next stage whatever happens
+    local name=$1
+    shift
+    say "stage $name: $*"
+    local start=$SECONDS
+    "$@" 2>&1 | tee -a "$LOG"
+    say "stage $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+}
+
+say "issue 20 run: stages [$STAGES], preset $PRESET on $DEVICE, $DTYPE, $NEW_TOKENS new tokens"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+  "$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+} 2>&1 | tee -a "$LOG"
+
+for name in $STAGES; do
+    case $name in
+    tests)
+        stage tests "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu \
+            tests/patch/test_static_decode.py tests/methods/test_superpixels.py tests/test_graph.py tests/test_bench.py ;;
+    slic)
+        stage slic "$PYTHON" benchmarks/fused_slic.py --device "$DEVICE" --batches "$SLIC_BATCHES" \
+            --repeats "$SLIC_REPEATS" --out "$OUT/slic.md" ;;
+    b1)
+        stage b1 "$PYTHON" -m segprune.cli "${GCG[@]}" --batches 1 --rows no-cache,eager,graphed ;;
+    prefill)
+        stage prefill "$PYTHON" -m segprune.cli bench "${COMMON[@]}" --methods altp,csp --batches 1 $GRAPH \
+            --fused-slic --decode-tokens 0 --out "$OUT/prefill-b1" ;;
+    max)
+        # No no-cache row here: at a large batch it re-runs a whole batched prefill per token (minutes).
+        stage max "$PYTHON" -m segprune.cli "${GCG[@]}" --batches max --max-batch "$MAX_BATCH" --rows eager,graphed ;;
+    *)
+        say "unknown stage $name (valid: tests slic b1 prefill max)" ;;
+    esac
+done
+say "done; files: $(cd "$OUT" && find . -type f | sort | tr '\n' ' ')"

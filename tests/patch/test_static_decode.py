@@ -1,0 +1,216 @@
+"""Static-buffer decode (`StaticDecode`) against the ordinary pruned decode of `generate()`.
+
+On CPU the static step runs eagerly: same greedy tokens and fp32 logits equal to rounding, for the
+unpruned model and FastV, PyramidDrop (renumbered positions), ALTP and CSP (re-activation), with and
+without left padding. On CUDA (`-m gpu`) the step is a captured CUDA graph and must agree the same way.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import segprune
+from conftest import EXAMPLES, position_ids_of
+from segprune.models import tiny_llava_inputs
+from segprune.patch.static_decode import StaticDecode, decode_layout
+from segprune.patch.transformers_api import output_cache
+
+STEPS = 16
+CASES = ["none", "fastv", "pdrop", "altp", "csp"]
+
+
+@pytest.fixture(autouse=True)
+def _unpruned(model, eager_model):
+    # One intra-op thread: decode steps are tiny ops, and on a busy 2-core machine each hand-off
+    # between two threads can wait a whole scheduler slice.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    segprune.unprune(model)
+    segprune.unprune(eager_model)
+
+
+def _inputs(model, batch: int, seed: int = 1):
+    inputs = tiny_llava_inputs(model, batch=batch, prompt_lengths=(5, 8)[:batch], seed=seed, left_pad=True)
+    if batch == 2:
+        assert not inputs["attention_mask"].all(), "batch 2 must hold left padding"
+    return inputs
+
+
+def _prune(model, name: str) -> None:
+    segprune.unprune(model)
+    if name != "none":
+        segprune.prune_(model, EXAMPLES[name])
+
+
+@torch.no_grad()
+def reference(model, inputs, steps: int):
+    """`generate()`'s greedy tokens `(batch, steps + 1)` and the logits of its decode steps."""
+    out = model.generate(
+        **inputs, max_new_tokens=steps + 1, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
+    return tokens, torch.stack(out.logits[1:], dim=1)
+
+
+@torch.no_grad()
+def prefill(model, inputs):
+    """The prefill `generate()` runs (position ids counting real tokens), its first token and cache."""
+    positions = position_ids_of(inputs["attention_mask"])
+    out = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1:].argmax(-1), output_cache(model, out)
+
+
+def static_steps(decoder: StaticDecode, first: torch.Tensor, steps: int):
+    """Greedy tokens and logits, one `step` at a time."""
+    tokens, logits, token = [], [], first
+    for _ in range(steps):
+        step_logits = decoder.step(token).clone()
+        token = step_logits.argmax(-1, keepdim=True)
+        tokens.append(token)
+        logits.append(step_logits)
+    return torch.cat(tokens, dim=1), torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", CASES)
+def test_static_decode_equals_the_eager_pruned_decode(model, name, batch):
+    _prune(model, name)
+    inputs = _inputs(model, batch)
+    expected_tokens, expected_logits = reference(model, inputs, STEPS)
+    first, cache = prefill(model, inputs)
+    assert torch.equal(first[:, 0], expected_tokens[:, 0])
+    n_keys = [layer.keys.shape[-2] for layer in cache.layers]
+    mask = inputs["attention_mask"] if batch == 2 else None
+    decoder = StaticDecode(model, cache, STEPS, attention_mask=mask)
+    assert decoder.graph is None  # no CUDA: the same step, run eagerly
+    assert [k.shape[-2] for k in decoder.kv.keys] == [n + STEPS for n in n_keys]
+    if name == "fastv":
+        assert n_keys[0] > n_keys[-1]  # pruned layers hold fewer keys
+    tokens, logits = static_steps(decoder, first, STEPS)
+    assert torch.equal(tokens, expected_tokens[:, 1:])
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    # The prefill's cache is copied, not extended.
+    assert [layer.keys.shape[-2] for layer in cache.layers] == n_keys
+
+
+@pytest.mark.parametrize("name", ["none", "pdrop", "csp"])
+def test_run_and_reload_reuse_the_buffers(model, name):
+    _prune(model, name)
+    inputs = _inputs(model, 1)
+    first, cache = prefill(model, inputs)
+    decoder = StaticDecode(model, cache, STEPS)
+    buffer = decoder.kv.keys[0].data_ptr()
+    stepped, _ = static_steps(decoder, first, STEPS)
+    # A second prompt of the same layout into the same buffers.
+    other = _inputs(model, 1, seed=7)
+    expected, _ = reference(model, other, STEPS)
+    first, cache = prefill(model, other)
+    decoder.load(cache)
+    assert torch.equal(decoder.run(first, STEPS), expected[:, 1:])
+    assert decoder.kv.keys[0].data_ptr() == buffer
+    assert not torch.equal(stepped, expected[:, 1:])  # the prompts do differ
+    with pytest.raises(ValueError, match="step 17 is out of range"):
+        decoder.step()
+
+
+@pytest.mark.parametrize("name", ["fastv", "pdrop", "csp"])
+def test_masked_slots_of_a_batch_whose_samples_differ(model, name):
+    # Sample 1 holds no image: the runner keeps it in masked slots (sequence index past the prompt),
+    # and a renumbering plan shifts the two samples' positions by different amounts.
+    inputs = _inputs(model, 2)
+    ids = inputs["input_ids"].clone()
+    ids[1, ids[1] == model.config.image_token_id] = 7
+    inputs = {**inputs, "input_ids": ids, "pixel_values": inputs["pixel_values"][:1]}
+    _prune(model, name)
+    try:
+        expected_tokens, expected_logits = reference(model, inputs, 8)
+    except ValueError as err:
+        pytest.skip(f"the plan runner refuses a batch whose samples differ: {err}")
+    first, cache = prefill(model, inputs)
+    layout = decode_layout(model, cache)
+    assert layout.masked_slots
+    if name == "pdrop":
+        assert isinstance(layout.shifts[-1], tuple) and layout.shifts[-1][1] == 0
+    decoder = StaticDecode(model, cache, 8, attention_mask=inputs["attention_mask"])
+    tokens, logits = static_steps(decoder, first, 8)
+    assert torch.equal(tokens, expected_tokens[:, 1:])
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_eager_attention_model(eager_model):
+    segprune.prune_(eager_model, EXAMPLES["fastv"])
+    inputs = _inputs(eager_model, 2)
+    expected_tokens, expected_logits = reference(eager_model, inputs, 6)
+    first, cache = prefill(eager_model, inputs)
+    decoder = StaticDecode(eager_model, cache, 6, attention_mask=inputs["attention_mask"])
+    tokens, logits = static_steps(decoder, first, 6)
+    assert torch.equal(tokens, expected_tokens[:, 1:])
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_layout_reads_live_keys_and_renumbering(model):
+    segprune.prune_(model, EXAMPLES["pdrop"])  # drops at layers 1 and 3, positions renumbered
+    inputs = _inputs(model, 1)
+    _, cache = prefill(model, inputs)
+    layout = decode_layout(model, cache)
+    live = segprune.stats(model).live_tokens[:, 0].tolist()
+    text = inputs["input_ids"].shape[1] - 16
+    assert list(layout.n_keys) == [text + n for n in live]
+    assert list(layout.shifts) == [16 - n for n in live]
+    assert layout.seq_len == inputs["input_ids"].shape[1]
+
+
+def test_bad_arguments(model):
+    inputs = _inputs(model, 1)
+    first, cache = prefill(model, inputs)
+    with pytest.raises(ValueError, match="max_steps=0 is out of range"):
+        StaticDecode(model, cache, 0)
+    with pytest.raises(ValueError, match="graph=True needs the model on a CUDA device"):
+        StaticDecode(model, cache, 4, graph=True)
+    decoder = StaticDecode(model, cache, 4)
+    with pytest.raises(ValueError, match="steps=5 is out of range"):
+        decoder.run(first, 5)
+    with pytest.raises(ValueError, match=r"token must be \(batch, 1\)"):
+        decoder.step(first[:, 0])
+    with pytest.raises(ValueError, match="attention_mask must be given exactly when"):
+        decoder.load(cache, inputs["attention_mask"])
+    segprune.prune_(model, EXAMPLES["fastv"])
+    with pytest.raises(ValueError, match="not the one the pruned model's last prefill filled"):
+        StaticDecode(model, cache, 4)
+    _, pruned_cache = prefill(model, inputs)
+    with pytest.raises(ValueError, match="differs from the one the buffers were built for"):
+        decoder.load(pruned_cache)
+    config = model.config.text_config
+    previous = config._attn_implementation
+    config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ValueError, match="static decode runs on attention"):
+            StaticDecode(model, pruned_cache, 4)
+    finally:
+        config._attn_implementation = previous
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", CASES)
+def test_graphed_decode_on_cuda(model, name, batch):
+    from segprune.models import tiny_llava
+
+    cuda_model = tiny_llava().to("cuda")
+    _prune(cuda_model, name)
+    inputs = {k: v.to("cuda") for k, v in _inputs(model, batch).items()}
+    expected_tokens, expected_logits = reference(cuda_model, inputs, STEPS)
+    first, cache = prefill(cuda_model, inputs)
+    mask = inputs["attention_mask"] if batch == 2 else None
+    decoder = StaticDecode(cuda_model, cache, STEPS, attention_mask=mask)
+    assert decoder.graph is not None
+    tokens, logits = static_steps(decoder, first, STEPS)
+    assert torch.equal(tokens, expected_tokens[:, 1:])
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    first, cache = prefill(cuda_model, inputs)
+    decoder.load(cache, mask)
+    assert torch.equal(decoder.run(first, STEPS), expected_tokens[:, 1:])  # replays, no host sync between
