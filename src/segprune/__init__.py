@@ -26,7 +26,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "methods.regions": ["masks_to_token_ids"],
         "graph": ["GraphedPrefill"],
-        "patch": ["prune_", "pruning_config", "stats", "unprune"],
+        "patch": ["instance_detector", "instance_masks", "prune_", "pruning_config", "stats", "unprune"],
         "patch.state": ["PruneStats"],
     },
 )

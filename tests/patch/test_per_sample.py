@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_qwen import FAMILIES, IMAGE, left_padded_batch, qwen_prompt, tiny_qwen
+from tiny_qwen import FAMILIES, IMAGE, left_padded_batch, llava_prompt, qwen_prompt, tiny_qwen
 
 import segprune
 from conftest import EXAMPLES
@@ -222,22 +222,6 @@ def test_layout_errors_name_the_limit(qwen):
         ValueError, match=r"cluster_tokens=8 exceeds the 6 image tokens; valid: 1 <= value <= 6"
     ):
         qwen(**batch)
-
-
-def llava_prompt(model, n_images: int, n_text: int, seed: int) -> dict[str, torch.Tensor]:
-    """One LLaVA prompt: text, then `n_images` images' tokens each followed by two text tokens."""
-    from segprune.models.tiny_llava import IMAGE_TOKEN_ID
-
-    gen = torch.Generator().manual_seed(seed)
-    vocab, n_image = model.config.text_config.vocab_size, model.config.image_seq_length
-    row = torch.randint(5, vocab, (2,), generator=gen).tolist()
-    for _ in range(n_images):
-        row += [IMAGE_TOKEN_ID] * n_image + torch.randint(5, vocab, (2,), generator=gen).tolist()
-    row += torch.randint(5, vocab, (n_text,), generator=gen).tolist()
-    ids = torch.tensor([row])
-    size = model.config.vision_config.image_size
-    pixels = torch.randn(n_images, 3, size, size, generator=gen)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_qwen import left_padded_batch, llava_prompt
 
 import segprune
 from conftest import EXAMPLES, position_ids_of
@@ -136,6 +137,30 @@ def test_masked_slots_of_a_batch_whose_samples_differ(model, name):
         assert isinstance(layout.shifts[-1], tuple) and layout.shifts[-1][1] == 0
     decoder = StaticDecode(model, cache, 8, attention_mask=inputs["attention_mask"])
     tokens, logits = static_steps(decoder, first, 8)
+    assert torch.equal(tokens, expected_tokens[:, 1:])
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fastv", "pdrop", "csp"])
+def test_samples_with_different_image_token_counts(model, name):
+    # A two-image prompt beside a one-image one: 32 and 16 image tokens (`image_counts`), so the
+    # narrower sample's rows end in masked slots (SLOT in `key_seq`) and, for a renumbering plan,
+    # the samples' positions shift by different amounts.
+    inputs = left_padded_batch(
+        [llava_prompt(model, 2, n_text=3, seed=7), llava_prompt(model, 1, n_text=6, seed=8)]
+    )
+    _prune(model, name)
+    expected_tokens, expected_logits = reference(model, inputs, 6)
+    first, cache = prefill(model, inputs)
+    assert segprune.stats(model).image_counts.tolist() == [32, 16]
+    layout = decode_layout(model, cache)
+    assert layout.masked_slots
+    assert any(int(k.max()) >= layout.seq_len for k in layout.key_seq)  # slot keys are cached
+    if name == "pdrop":
+        live = segprune.stats(model).live_tokens[-1].tolist()
+        assert layout.shifts[-1] == (32 - live[0], 16 - live[1])
+    decoder = StaticDecode(model, cache, 6, attention_mask=inputs["attention_mask"])
+    tokens, logits = static_steps(decoder, first, 6)
     assert torch.equal(tokens, expected_tokens[:, 1:])
     torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
 

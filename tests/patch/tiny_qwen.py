@@ -1,4 +1,5 @@
-"""Tiny Qwen2-VL / Qwen2.5-VL models and inputs built in-process, for the family's tests."""
+"""Tiny Qwen2-VL / Qwen2.5-VL models and inputs built in-process, for the family's tests; also the
+multi-image LLaVA prompts (`llava_prompt`) that batches of samples which differ are built from."""
 
 from __future__ import annotations
 
@@ -142,3 +143,19 @@ def left_padded_batch(samples):
         if any(key in s for s in samples):
             out[key] = torch.cat([s[key] for s in samples if key in s])
     return out
+
+
+def llava_prompt(model, n_images: int, n_text: int, seed: int) -> dict[str, torch.Tensor]:
+    """One LLaVA prompt: text, then `n_images` images' tokens each followed by two text tokens."""
+    from segprune.models.tiny_llava import IMAGE_TOKEN_ID
+
+    gen = torch.Generator().manual_seed(seed)
+    vocab, n_image = model.config.text_config.vocab_size, model.config.image_seq_length
+    row = torch.randint(5, vocab, (2,), generator=gen).tolist()
+    for _ in range(n_images):
+        row += [IMAGE_TOKEN_ID] * n_image + torch.randint(5, vocab, (2,), generator=gen).tolist()
+    row += torch.randint(5, vocab, (n_text,), generator=gen).tolist()
+    ids = torch.tensor([row])
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(n_images, 3, size, size, generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}

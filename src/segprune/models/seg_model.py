@@ -400,24 +400,18 @@ class SegModel(PreTrainedModel):
         `instance_masks`. Raises where the config and the masks disagree.
         """
         from segprune.methods.csp import instance_source
+        from segprune.patch import instance_detector, pruning_config
 
-        runner = self._runner()
-        choice = getattr(runner.config, "instance_choice", None) if runner is not None else None
+        choice = getattr(pruning_config(self), "instance_choice", None)
         if choice is None:
             return None
-        if given and runner.instance_masks is not None:
+        detector = instance_detector(self)
+        if given and detector is not None:
             raise ValueError(
                 "instance masks were given twice: to prune_(..., instance_masks=) and to this call; give "
                 "them once"
             )
-        return instance_source(choice, has_sam=True, given=given or runner.instance_masks is not None)
-
-    def _runner(self) -> Any:
-        # segprune.patch has no public hook for per-call instances, so the plan runner's detector
-        # slot is set for the duration of one call (as segprune.graph reads the runner too).
-        from segprune.patch import _adapter
-
-        return _adapter(self)
+        return instance_source(choice, has_sam=True, given=given or detector is not None)
 
     @contextlib.contextmanager
     def _seg_first_instances(
@@ -465,12 +459,10 @@ class SegModel(PreTrainedModel):
                 rows.append(match[0])
             return ids[rows]
 
-        runner = self._runner()
-        runner.instance_masks = instances
-        try:
+        from segprune.patch import instance_masks as per_call_instances
+
+        with per_call_instances(self, instances):
             yield embeddings
-        finally:
-            runner.instance_masks = None
 
     @torch.no_grad()
     def sam_instance_masks(

@@ -1,8 +1,10 @@
-"""Apply and undo token plans on models: `prune_`, `unprune`, `stats`."""
+"""Apply and undo token plans on models: `prune_`, `unprune`, `stats`; per-call instance masks
+(`instance_masks`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -13,6 +15,8 @@ from segprune.patch.runner import PlanRunner
 from segprune.patch.state import PruneStats
 
 _ATTR = "_segprune_adapter"
+
+InstanceDetector = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 
 
 def _adapter(model: nn.Module) -> PlanRunner | None:
@@ -74,3 +78,41 @@ def pruning_config(model: nn.Module) -> MethodConfig | None:
     """Return the config `model` is pruned with, or None."""
     adapter = _adapter(model)
     return adapter.config if adapter is not None else None
+
+
+def _pruned(model: nn.Module, what: str) -> PlanRunner:
+    adapter = _adapter(model)
+    if adapter is None:
+        raise RuntimeError(f"{what} needs a pruned model; call segprune.prune_(model, config) first")
+    return adapter
+
+
+def instance_detector(model: nn.Module) -> InstanceDetector | None:
+    """Return the instance detector a pruned `model`'s prefills call (`prune_(..., instance_masks=)`,
+    or the one an `instance_masks` block set), or None; raises RuntimeError if `model` is not pruned."""
+    return _pruned(model, "instance_detector").instance_masks
+
+
+@contextlib.contextmanager
+def instance_masks(model: nn.Module, detector: InstanceDetector) -> Iterator[None]:
+    """Use `detector` as the pruned `model`'s instance detector for the forwards inside the block.
+
+    `detector` is called as `prune_`'s `instance_masks` is: `(pixel_values, grid)` to a `(batch, N)`
+    long tensor of instance ids (-1 for none); where a batch's samples differ it is asked one image
+    at a time (batch 1). The detector in place before the block (prune_'s, or None) comes back after
+    it, also on error. Raises RuntimeError if `model` is not pruned.
+
+        with segprune.instance_masks(model, detector):
+            out = model(**inputs)
+    """
+    runner = _pruned(model, "instance_masks")
+    if not callable(detector):
+        raise TypeError(
+            "detector must be a callable (pixel_values, grid) -> (batch, N) instance ids, got "
+            f"{type(detector).__name__}"
+        )
+    previous, runner.instance_masks = runner.instance_masks, detector
+    try:
+        yield
+    finally:
+        runner.instance_masks = previous

@@ -14,7 +14,8 @@ they had when they were dropped, so `[SEG]` offsets, logits and labels line up a
 When the samples of a batch differ (image tokens, images per prompt, or an adaptive step's counts)
 the runner selects one sample at a time and keeps the batch rectangular with *masked slots*: a
 sample with fewer live tokens than the widest fills its row with slots at sequence index `SLOT`,
-which sort last, attend to nothing that matters and are seen by no query (docs/design.md).
+which sort last, attend to nothing that matters and are seen by no query (docs/design.md); that
+per-sample layout lives in `segprune.patch.samples`.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from torch import nn
 
 from segprune import flops
 from segprune.families import Family, take
-from segprune.methods.allocate import allocate, ddc_weights
 from segprune.methods.base import MethodConfig
-from segprune.methods.plan import Keep, SelectContext, TokenPlan
+from segprune.methods.plan import Keep, SelectContext
 from segprune.methods.scores import attention_row
-from segprune.patch.state import SLOT, ForwardState, ImagePart, PruneStats, SampleLayout, StaticLayout
+from segprune.patch.samples import apply_per_sample, layout_samples
+from segprune.patch.state import SLOT, ForwardState, PruneStats, StaticLayout
 from segprune.patch.transformers_api import TransformersAPI
 
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -218,7 +219,7 @@ class PlanRunner:
         n_image = max(counts)
         raw, self._pixels = self._pixels, None
         plan = self.config.plan(n_image, self.n_layers) if n_image else None
-        samples = self._samples(counts, plan, raw, device) if plan else None
+        samples = layout_samples(self, counts, plan, raw, device) if plan else None
         if samples is not None:  # masked slots: every mask needs the padding mask
             padded = True
             if valid is None:
@@ -283,8 +284,8 @@ class PlanRunner:
                 state.scores.append(scores)
                 merged = None
                 if samples is not None:
-                    new_img, live_n, merged = self._apply_per_sample(
-                        i, samples, scores, live_img, live_n, live_seq, image_seq, hidden
+                    new_img, live_n, merged = apply_per_sample(
+                        self, i, samples, scores, live_img, live_n, live_seq, image_seq, hidden
                     )
                 elif isinstance(step, Keep):
                     new_img = step.select(scores, live_img, step.count, context)
@@ -366,198 +367,6 @@ class PlanRunner:
         if image_mask is None:
             return [0] * batch, padded
         return [int(v) for v in values[:batch]], padded
-
-    def _samples(
-        self, counts: list[int], plan: TokenPlan, raw: Any, device: torch.device
-    ) -> list[SampleLayout] | None:
-        """Lay out each sample on its own when the samples differ, else return None (one batched path).
-
-        Samples differ when they hold different numbers of image tokens, when a prompt holds other
-        than one image, or when a step decides its own count (`Keep.adaptive`). Each sample gets
-        the plan for its own N_b, and its images (in batch order, `Family.image_grids`) a context
-        with their own grid and pixels.
-        """
-        family, batch = self.family, len(counts)
-        grids = family.image_grids(raw) if raw is not None else None
-        if len(set(counts)) == 1 and not plan.adaptive and (grids is None or len(grids) == batch):
-            return None
-        plans = {
-            n: plan if n == plan.n_image else self.config.plan(n, self.n_layers) for n in set(counts) if n
-        }
-        for other in plans.values():
-            self._check_same_steps(plan, other)
-        images = self._assign_images(counts, grids) if grids is not None else [[] for _ in counts]
-        split = self.config.needs_pixels
-        self._vision_rows = {}  # this prefill's, shared by its images' contexts
-        out = []
-        for b, n in enumerate(counts):
-            sample = SampleLayout(n, plans.get(n))
-            if not n:
-                out.append(sample)
-                continue
-            several = len(images[b]) > 1
-            if several and (self.vision is not None or self.config.needs_vision_cls):
-                raise ValueError(
-                    f"sample {b} holds {len(images[b])} images; methods that read the vision tower's CLS "
-                    "row (or merge its features) need one image per sample"
-                )
-            if not images[b] or (several and not split):  # one image set, no one grid
-                sample.parts.append(ImagePart(0, n, self._part_context(n, None, None, raw, device)))
-            else:
-                for image, grid, offset in images[b]:
-                    context = self._part_context(grid[0] * grid[1], image, grid, raw, device)
-                    sample.parts.append(ImagePart(offset, grid[0] * grid[1], context, image))
-            out.append(sample)
-        return out
-
-    @staticmethod
-    def _check_same_steps(plan: TokenPlan, other: TokenPlan) -> None:
-        def shape(p: TokenPlan) -> list[tuple]:
-            return [(type(s).__name__, s.layer, getattr(s, "score", None)) for s in p.steps]
-
-        if shape(plan) != shape(other) or plan.renumber != other.renumber:
-            raise ValueError(
-                f"the method's plans for {plan.n_image} and {other.n_image} image tokens have different "
-                "steps, so samples of those sizes cannot share a batch; batch them apart"
-            )
-
-    @staticmethod
-    def _assign_images(counts: list[int], grids: list[tuple[int, int]]) -> list[list[tuple]]:
-        """Give each sample its images, in batch order, as `(image, grid, first token)`; check the counts."""
-        out, image = [], 0
-        for b, n in enumerate(counts):
-            mine, found = [], 0
-            while found < n and image < len(grids):
-                mine.append((image, grids[image], found))
-                found += grids[image][0] * grids[image][1]
-                image += 1
-            if found != n:
-                raise ValueError(
-                    f"sample {b} holds {n} image tokens but its images' grids cover {found}; the vision "
-                    f"tower saw {len(grids)} images for {len(counts)} samples (no beam search or "
-                    "num_return_sequences > 1)"
-                )
-            out.append(mine)
-        if image != len(grids):
-            raise ValueError(
-                f"the vision tower saw {len(grids)} images but the prompts' image tokens cover {image}; "
-                "segprune needs every image's tokens in the prompt (no beam search, num_return_sequences 1)"
-            )
-        return out
-
-    def _part_context(self, n_image, image, grid, raw, device) -> SelectContext:
-        """The `SelectContext` of one part of one sample, as if that sample ran alone (batch 1)."""
-        pixel_values = self.family.image_pixels(raw, image) if image is not None else None
-        instance_masks = None
-        if self.instance_masks is not None and pixel_values is not None:
-            instance_masks = self.instance_masks(pixel_values, grid).to(device)
-            if instance_masks.shape != (1, n_image):
-                raise ValueError(
-                    f"instance_masks returned shape {tuple(instance_masks.shape)} for one image; "
-                    f"expected (1, N) = {(1, n_image)}"
-                )
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(getattr(self.config, "seed", 0)))
-        vision = None
-        if self.vision is not None and image is not None:
-            vision = _ImageRows(self.vision, image, self._vision_rows)
-        return SelectContext(
-            n_image=n_image,
-            grid=grid,
-            pixel_values=pixel_values,
-            generator=generator,
-            vision=vision,
-            instance_masks=instance_masks,
-        )
-
-    def _apply_per_sample(self, i, samples, scores, live_img, live_n, live_seq, image_seq, hidden):
-        """Apply step `i` one sample at a time: `(new live_img in masked slots, live counts, merged)`."""
-        batch, pad = live_img.shape[0], image_seq.shape[1] - 1  # pad: the SLOT column
-        step_of = [s.plan.steps[i] if s.plan else None for s in samples]
-        first = next(s for s in step_of if s is not None)
-        image_hidden = None
-        if isinstance(first, Keep) and first.merge is not None and first.merge_space == "llm":
-            rows = torch.searchsorted(live_seq, image_seq.gather(1, live_img)).clamp(
-                max=live_seq.shape[1] - 1
-            )
-            image_hidden = take(hidden, rows)
-        features, self._projector_input = self._projector_input, None  # before any projection
-        kept, merged = [], []
-        for b, (sample, step) in enumerate(zip(samples, step_of, strict=True)):
-            n = live_n[b]
-            if step is None or not n:
-                kept.append(live_img.new_empty(0))
-                merged.append(None)
-            elif not isinstance(step, Keep):  # Reactivate
-                kept.append(torch.arange(sample.n_image, device=live_img.device))
-                merged.append(None)
-            else:
-                live = live_img[b : b + 1, :n]
-                rows = image_hidden[b : b + 1, :n] if image_hidden is not None else None
-                new, m = self._select_sample(
-                    step, scores[b : b + 1, :n] if scores is not None else None, live, sample, rows, features
-                )
-                kept.append(new[0])
-                merged.append(None if m is None else m[0])
-        live_n = [k.shape[0] for k in kept]
-        new_img = live_img.new_full((batch, max(live_n)), pad)
-        out = None
-        if any(m is not None for m in merged):
-            out = hidden.new_zeros(batch, max(live_n), hidden.shape[-1])
-        for b, k in enumerate(kept):
-            new_img[b, : k.shape[0]] = k
-            if merged[b] is not None:
-                out[b, : k.shape[0]] = merged[b].to(out.dtype)
-        return new_img, live_n, out
-
-    def _select_sample(self, step: Keep, scores, live, sample: SampleLayout, rows, features):
-        """Run `step` on one sample: `((1, c) kept, (1, c, D) merged or None)`.
-
-        A sample in several parts (images a method reads one by one) splits its budget over them in
-        proportion to their live tokens, by largest remainder, every part >= 1 where the budget allows."""
-        n = live.shape[1]
-        if step.count > n and not step.adaptive:
-            raise ValueError(
-                f"a step keeps {step.count} image tokens of a sample with {n} live; valid: count <= {n}"
-            )
-        count = min(step.count, n)
-        parts = sample.parts
-        if len(parts) > 1:
-            if step.adaptive or step.merge is not None:
-                raise ValueError("steps that choose their own count or merge need one image per sample")
-            part_of = torch.bucketize(
-                live[0], torch.tensor([p.offset for p in parts[1:]], device=live.device), right=True
-            )
-            sizes = torch.stack([(part_of == k).sum() for k in range(len(parts))])[None]
-            quotas = allocate(ddc_weights(sizes), sizes, count)[0].tolist()
-            kept = []
-            for k, (part, quota) in enumerate(zip(parts, quotas, strict=True)):
-                if quota:
-                    mine = part_of == k
-                    sub = live[:, mine] - part.offset
-                    sub_scores = scores[:, mine] if scores is not None else None
-                    kept.append(self._checked(step, sub_scores, sub, quota, part.context) + part.offset)
-            return torch.cat(kept, dim=1).sort(dim=1).values, None
-        part = parts[0]
-        new = self._checked(step, scores, live, count, part.context)
-        merged = None
-        if step.merge is not None and step.merge_space == "vision":
-            mine = features[part.image : part.image + 1] if features is not None else None
-            merged = self._merge_vision(step, live, new, part.context, mine)
-        elif step.merge is not None:
-            merged = step.merge(rows, live, new, part.context)
-        return new, merged
-
-    @staticmethod
-    def _checked(step: Keep, scores, live, count: int, context) -> torch.Tensor:
-        new = step.select(scores, live, count, context)
-        got = new.shape[1] if new.dim() == 2 and new.shape[0] == 1 else None
-        if got is None or not (1 <= got <= count if step.adaptive else got == count):
-            valid = f"1 <= c <= {count}" if step.adaptive else f"c == {count}"
-            raise ValueError(
-                f"a selector returned shape {tuple(new.shape)} for one sample; expected (1, c), {valid}"
-            )
-        return new
 
     def _context(
         self, n_image: int, pending: dict[str, Any], raw: Any, device: torch.device
@@ -751,23 +560,3 @@ class PlanRunner:
             renumbered=bool(state.plan and state.plan.renumber),
             image_counts=None if state.image_counts is None else torch.tensor(state.image_counts),
         )
-
-
-class _ImageRows:
-    """One image's rows of the vision tower's CLS attention and keys (`VisionFeatures`, batch 1).
-
-    Every image of a prefill shares `cache`, so the tower's rows are recomputed once per layer."""
-
-    def __init__(self, vision: Any, image: int, cache: dict) -> None:
-        self.vision, self.image, self.cache = vision, image, cache
-
-    def _rows(self, kind: str, layer: int) -> torch.Tensor:
-        if (kind, layer) not in self.cache:
-            self.cache[kind, layer] = getattr(self.vision, kind)(layer)
-        return self.cache[kind, layer][self.image : self.image + 1]
-
-    def cls_attention(self, layer: int) -> torch.Tensor:
-        return self._rows("cls_attention", layer)
-
-    def keys(self, layer: int) -> torch.Tensor:
-        return self._rows("keys", layer)

@@ -2,8 +2,8 @@
 # Issue 20 ("speed where users feel it") on one GPU: every check and table in order, each written
 # under $OUT as soon as it is done, so a run cut short keeps what finished.
 #
-#   benchmarks/gpu_issue20.sh [STAGE ...]         # default: tests slic b1 prefill max
-#   DRY_RUN=1 OUT=/tmp/i20 PYTHON=.venv/bin/python benchmarks/gpu_issue20.sh   # tiny model, CPU
+#   benchmarks/gpu_speed.sh [STAGE ...]         # default: tests slic b1 prefill max
+#   DRY_RUN=1 OUT=/tmp/speed PYTHON=.venv/bin/python benchmarks/gpu_speed.sh   # tiny model, CPU
 #
 # Stages (H200, LLaVA-1.5-7B-336 with random weights, bf16; minutes are estimates to size a lease):
 #   tests    GPU tests: graphed static decode == eager pruned decode, fused SLIC == eager SLIC (~2)
@@ -19,7 +19,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
-OUT=${OUT:-gpu_issue20_out}
+OUT=${OUT:-gpu_speed_out}
 mkdir -p "$OUT"
 PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -48,7 +48,7 @@ stage() {  # stage NAME COMMAND...: run, log, and go on to the next stage whatev
     say "stage $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
 
-say "issue 20 run: stages [$STAGES], preset $PRESET on $DEVICE, $DTYPE, $NEW_TOKENS new tokens"
+say "speed run: stages [$STAGES], preset $PRESET on $DEVICE, $DTYPE, $NEW_TOKENS new tokens"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   "$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee -a "$LOG"
