@@ -32,7 +32,8 @@ SAME_ON_RESUME = (
 
 @dataclass
 class TrainConfig:
-    """Everything `train` needs. Defaults are the CPU recipe of the bundled model.
+    """Everything `train` needs. Defaults are the current CPU recipe (the bundled weights were trained
+    before SAM's image encoder trained and the point and position terms existed: docs/demo.md).
 
     Attributes:
         out: output directory (checkpoint, model, log).
