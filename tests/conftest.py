@@ -52,6 +52,7 @@ INVALID = {
         ({"cluster": "kmeans"}, "cluster='kmeans'"),
         ({"score_token": "cls"}, "score_token='cls'"),
         ({"seed": -1}, "seed=-1"),
+        ({"instances": "yolo"}, "instances='yolo'"),
     ],
     "fastv": [
         ({"layer": 0}, "layer=0"),
@@ -77,6 +78,7 @@ INVALID = {
         ({"neighbours": -1}, "neighbours=-1"),
         ({"neighbours": 2.0}, "neighbours=2.0"),
         ({"merge_space": "clip"}, "merge_space='clip'"),
+        ({"count": "auto"}, "count='auto'"),
     ],
     "visionzip": [
         ({"dominant": -1}, "dominant=-1"),

@@ -17,7 +17,7 @@ def add_parser(sub: Any, method: Any) -> None:
         "flops",
         help="N_avg and TFLOPs of a method on a preset model, without loading weights",
         description="Print N_avg (CSP Eq. 9), TFLOPs (CSP Eqs. 10-11) and the ALTP Eq. 5 FLOPs fraction "
-        "of a pruning method on a preset LLaVA-1.5 decoder. No weights are loaded.",
+        "of a pruning method on a preset decoder (LLaVA-1.5, Qwen2.5-VL). No weights are loaded.",
     )
     p.add_argument("--preset", default="llava-1.5-7b-336", choices=sorted(flops.PRESETS))
     add_method_flags(p, method)
