@@ -324,3 +324,94 @@ def test_largest_batch_doubles_until_out_of_memory(monkeypatch):
     except RuntimeError as err:
         assert gcg._out_of_memory(err)
     assert not gcg._out_of_memory(RuntimeError("shape mismatch"))
+
+
+# -- Qwen2.5-VL presets (no vision CLS row; eager rows only) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("preset", "side", "image_tokens"), [("qwen2.5-vl-7b-448", 32, 256), ("qwen2.5-vl-7b-672", 48, 576)]
+)
+def test_qwen_presets_have_the_real_sizes(preset, side, image_tokens):
+    import types
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from segprune.bench.models import qwen_bench_inputs, qwen_config
+
+    config = qwen_config(preset)
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (3584, 28, 28)
+    assert (text.num_key_value_heads, text.intermediate_size, text.vocab_size) == (4, 18944, 152064)
+    assert text.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert (vision.depth, vision.hidden_size, vision.num_heads, vision.intermediate_size) == (
+        32,
+        1280,
+        16,
+        3420,
+    )
+    assert (vision.out_hidden_size, vision.patch_size, vision.spatial_merge_size) == (3584, 14, 2)
+    assert vision.window_size == 112 and list(vision.fullatt_block_indexes) == [7, 15, 23, 31]
+    assert config.image_seq_length == image_tokens == flops.preset(preset).image_tokens
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    assert abs(params - 8.29) < 0.01, params  # Qwen2.5-VL-7B-Instruct: 8.29B with its untied LM head
+    stub = types.SimpleNamespace(config=config, device=torch.device("cpu"), dtype=torch.bfloat16)
+    inputs = qwen_bench_inputs(stub, 2)  # the meta model cannot hold the inputs
+    assert inputs["image_grid_thw"].tolist() == [[1, side, side]] * 2
+    assert inputs["pixel_values"].shape == (2 * side * side, 3 * 2 * 14 * 14)
+    assert (inputs["input_ids"] == config.image_token_id).sum(dim=1).tolist() == [image_tokens] * 2
+    with pytest.raises(ValueError, match="not a Qwen preset"):
+        qwen_config("llava-1.5-7b-336")
+
+
+def test_qwen_run_and_e2e_eager_rows(tmp_path, one_thread):
+    from segprune.bench.gcg import run_gcg
+
+    common = {"device": "cpu", "dtype": torch.float32, "repeats": 1, "warmup": 0}
+    rows = bench.run(
+        "tiny-qwen", ["fastv", "csp"], [0.75], [2], decode_tokens=1, progress=lambda _: None, **common
+    )
+    assert [(r.method, r.kind) for r in rows] == [
+        ("none", "unpruned"),
+        *[(m, k) for m in ("fastv", "csp") for k in ("method", "ideal", "eager")],
+    ]
+    assert rows[0].n_avg == 64 and all(r.n_avg < 64 * 0.3 for r in rows[1:])
+    assert rows[1].kv_cache_mb < rows[0].kv_cache_mb
+    gcg = run_gcg("tiny-qwen", ["pdrop"], [0.75], [1], new_tokens=2, kinds=["eager"], out=tmp_path, **GCG)
+    assert [(r.method, r.kind, r.mode) for r in gcg] == [
+        ("none", "eager", "eager"),
+        ("pdrop", "eager", "eager"),
+    ]
+    assert gcg[1].n_avg < gcg[0].n_avg == 64
+    with pytest.raises(ValueError, match="reads the vision tower's CLS row"):
+        bench.run("tiny-qwen", ["visionzip"], [0.75], [1], decode_tokens=0, progress=lambda _: None, **common)
+
+
+def test_cli_builds_qwen_presets(tmp_path, one_thread):
+    from segprune.cli import main
+
+    args = ["--device", "cpu", "--dtype", "float32", "--repeats", "1", "--warmup", "0", "--batches", "1"]
+    out = tmp_path / "bench"
+    assert (
+        main(
+            [
+                "bench",
+                "--preset",
+                "tiny-qwen",
+                *args,
+                "--methods",
+                "altp",
+                "--reductions",
+                "0.75",
+                "--decode-tokens",
+                "1",
+                "--no-references",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "| 1 | 75% | altp | method |" in (out / "table.md").read_text()

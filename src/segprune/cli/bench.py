@@ -15,7 +15,10 @@ import sys
 from typing import Any
 
 from segprune.cli.flags import comma_separated
-from segprune.presets import PRESETS, TINY
+from segprune.presets import PRESETS, QWEN_PRESETS, TINY
+
+# segprune.bench.models.TINY_QWEN, named here so that parsing the command line does not import torch.
+TINY_QWEN = "tiny-qwen"
 
 
 def add_parser(sub: Any, method: Any = None) -> None:
@@ -31,7 +34,13 @@ def add_parser(sub: Any, method: Any = None) -> None:
         "prompt and --new-tokens greedy tokens (grounded generation) per method, next to the no-cache "
         "reference design, at batch 1 and the largest batch each row fits.",
     )
-    p.add_argument("--preset", default="llava-1.5-7b-336", choices=[*sorted(PRESETS), TINY])
+    p.add_argument(
+        "--preset",
+        default="llava-1.5-7b-336",
+        choices=[*sorted(PRESETS), *sorted(QWEN_PRESETS), TINY, TINY_QWEN],
+        help="the model (random weights); Qwen2.5-VL presets take only methods that read no vision CLS "
+        "row (fastv, pdrop, altp, csp) and eager prefill (no --graph, --e2e --rows eager)",
+    )
     p.add_argument(
         "--methods",
         type=comma_separated(),
