@@ -352,9 +352,9 @@ def run_gcg(
     `out`: a directory that receives each table, `gcg-batchN.{md,json}` / `gcg-max.{md,json}`,
     after every row. Returns every row of every table.
     """
-    from segprune.bench.matrix import check_matrix
+    from segprune.bench.matrix import check_matrix, method_configs
     from segprune.bench.render import gcg_markdown
-    from segprune.eval.budgets import budget_config, check_budget
+    from segprune.eval.budgets import check_budget
 
     check_budget(budget)
     check_device(device)
@@ -365,15 +365,10 @@ def run_gcg(
     header = "\n\n".join(part for part in (header, _weights_line(model, new_tokens)) if part)
     n_layers = model.config.text_config.num_hidden_layers
     n_image = model.config.image_seq_length
-    configs: list[tuple[float | None, str, Any]] = [(None, "none", None)]
-    for reduction in reductions:
-        for method in methods:
-            try:
-                config = budget_config(budget, method, reduction, n_layers, n_image)
-            except ValueError as err:  # the method's schedule cannot reach this reduction
-                progress(f"skipped: {err}")
-                continue
-            configs.append((reduction, method, config))
+    configs: list[tuple[float | None, str, Any]] = [
+        (None, "none", None),
+        *method_configs(budget, methods, reductions, n_layers, n_image, progress),
+    ]
     plan = [(r, m, c, k) for r, m, c in configs for k in kinds if k != "no-cache" or c is None]
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:

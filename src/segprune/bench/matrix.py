@@ -47,6 +47,30 @@ def check_matrix(methods: Sequence[str], reductions: Sequence[float], batches: S
         check_int("batches", batch, 1)
 
 
+def method_configs(
+    budget: str,
+    methods: Sequence[str],
+    reductions: Sequence[float],
+    n_layers: int,
+    n_image: int,
+    progress: Callable[[str], None],
+) -> list[tuple[float, str, Any]]:
+    """`(reduction, method, config)` for every pair whose schedule reaches that reduction on `budget`'s
+    axis, in order (reduction-major); each pair that cannot is reported through `progress` and left out."""
+    from segprune.eval.budgets import budget_config
+
+    configs = []
+    for reduction in reductions:
+        for method in methods:
+            try:
+                configs.append(
+                    (reduction, method, budget_config(budget, method, reduction, n_layers, n_image))
+                )
+            except ValueError as err:  # the method's schedule cannot reach this reduction
+                progress(f"skipped: {err}")
+    return configs
+
+
 def run(
     preset: str,
     methods: Sequence[str],
@@ -69,7 +93,7 @@ def run(
     live image tokens N_avg (CSP Table 6's axis), or "paper", each method as the papers set it.
     `graph`: every prefill, the reference rows' too, as one CUDA graph (`measure`).
     """
-    from segprune.eval.budgets import budget_config, check_budget
+    from segprune.eval.budgets import check_budget
 
     check_budget(budget)
     check_device(device)
@@ -104,19 +128,15 @@ def run(
     for batch in batches:
         inputs = bench_inputs(model, batch)
         add(batch, None, "none", "unpruned", measure(model, inputs, None, **timing), None)
-        for reduction in reductions:
-            for method in methods:
-                try:
-                    config = budget_config(budget, method, reduction, n_layers, n_image)
-                except ValueError as err:  # the method's schedule cannot reach this reduction
-                    progress(f"skipped: {err}")
-                    continue
-                result = measure(model, inputs, config, **timing)
-                add(batch, reduction, method, "method", result, config)
-                if not references:
-                    continue
-                replay = ReplayConfig.from_stats(result["stats"], check=False)
-                add(batch, reduction, method, "ideal", measure(model, inputs, replay, **timing), replay)
-                with attention(model, "eager"):
-                    add(batch, reduction, method, "eager", measure(model, inputs, config, **timing), config)
+        for reduction, method, config in method_configs(
+            budget, methods, reductions, n_layers, n_image, progress
+        ):
+            result = measure(model, inputs, config, **timing)
+            add(batch, reduction, method, "method", result, config)
+            if not references:
+                continue
+            replay = ReplayConfig.from_stats(result["stats"], check=False)
+            add(batch, reduction, method, "ideal", measure(model, inputs, replay, **timing), replay)
+            with attention(model, "eager"):
+                add(batch, reduction, method, "eager", measure(model, inputs, config, **timing), config)
     return rows
