@@ -32,7 +32,7 @@ from segprune.families import Family, take
 from segprune.methods.base import MethodConfig
 from segprune.methods.plan import Keep, SelectContext
 from segprune.methods.scores import attention_row
-from segprune.patch.samples import apply_per_sample, layout_samples
+from segprune.patch.samples import apply_per_sample, detected_ids, layout_samples
 from segprune.patch.state import SLOT, ForwardState, PruneStats, StaticLayout
 from segprune.patch.transformers_api import TransformersAPI
 
@@ -378,12 +378,10 @@ class PlanRunner:
         if self.instance_masks is not None:
             if pixel_values is None:
                 raise ValueError("instance_masks needs pixel_values in the forward call")
-            instance_masks = self.instance_masks(pixel_values, grid).to(device)
-            if instance_masks.shape != (pixel_values.shape[0], n_image):
-                raise ValueError(
-                    f"instance_masks returned shape {tuple(instance_masks.shape)}; "
-                    f"expected (batch, N) = {(pixel_values.shape[0], n_image)}"
-                )
+            rows = pixel_values.shape[0]
+            instance_masks = detected_ids(
+                self.instance_masks, pixel_values, grid, rows, n_image, device, part=False
+            )
         if self.static is not None:  # seeded by its owner outside graph capture
             generator = self.static.generator
         else:

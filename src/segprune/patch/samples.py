@@ -107,17 +107,26 @@ def assign_images(counts: list[int], grids: list[tuple[int, int]]) -> list[list[
     return out
 
 
+def detected_ids(detector, pixel_values, grid, rows: int, n_image: int, device, part: bool) -> torch.Tensor:
+    """The `(rows, N)` instance ids `detector` (`prune_`'s `instance_masks=`) gives, on `device`,
+    or a ValueError naming the shape it returned instead (`part`: one image of one sample)."""
+    ids = detector(pixel_values, grid).to(device)
+    if ids.shape != (rows, n_image):
+        what, shape = (" for one image", "(1, N)") if part else ("", "(batch, N)")
+        raise ValueError(
+            f"instance_masks returned shape {tuple(ids.shape)}{what}; expected {shape} = {(rows, n_image)}"
+        )
+    return ids
+
+
 def part_context(runner: PlanRunner, n_image, image, grid, raw, device) -> SelectContext:
     """The `SelectContext` of one part of one sample, as if that sample ran alone (batch 1)."""
     pixel_values = runner.family.image_pixels(raw, image) if image is not None else None
     instance_masks = None
     if runner.instance_masks is not None and pixel_values is not None:
-        instance_masks = runner.instance_masks(pixel_values, grid).to(device)
-        if instance_masks.shape != (1, n_image):
-            raise ValueError(
-                f"instance_masks returned shape {tuple(instance_masks.shape)} for one image; "
-                f"expected (1, N) = {(1, n_image)}"
-            )
+        instance_masks = detected_ids(
+            runner.instance_masks, pixel_values, grid, 1, n_image, device, part=True
+        )
     generator = torch.Generator(device=device)
     generator.manual_seed(int(getattr(runner.config, "seed", 0)))
     vision = None
