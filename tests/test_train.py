@@ -87,6 +87,69 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert rates[-1] == pytest.approx(1e-4, rel=0.01)
 
 
+def test_time_schedule_decays_over_the_time_limit_and_needs_one():
+    config = TrainConfig(steps=10**6, warmup=10, lr=1e-3, min_lr_ratio=0.1, schedule="time", time_limit=8)
+    assert learning_rate(config, 5, minutes=7.0) == pytest.approx(6e-4)  # warm-up is in steps
+    rates = [learning_rate(config, 50, minutes=m) for m in (0.0, 2.0, 4.0, 6.0, 8.0, 9.0)]
+    assert rates[0] == pytest.approx(1e-3) and rates[2] == pytest.approx(5.5e-4)
+    assert all(a > b for a, b in itertools.pairwise(rates[:5]))
+    assert rates[4] == rates[5] == pytest.approx(1e-4)
+    assert learning_rate(config, 10**5, minutes=0.0) == pytest.approx(1e-3)  # steps do not decay it
+    with pytest.raises(ValueError, match="needs time_limit"):
+        TrainConfig(schedule="time")
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="epochs", time_limit=1)
+    with pytest.raises(ValueError, match="sam_from"):
+        TrainConfig(sam_from="none")
+
+
+def test_a_time_scheduled_run_ends_at_its_limit_with_the_floor_rate(tmp_path, monkeypatch):
+    from segprune.train import loop
+
+    clock = itertools.count()  # every call to the loop's clock is one more second
+
+    monkeypatch.setattr(loop.time, "monotonic", lambda: float(next(clock)))
+    settings = {"batch_size": 1, "warmup": 1, "val_every": 0, "val_size": 0, "dims": SMALL, "log_every": 1}
+    settings["mix"] = {"refer_turns": 1, "qa_turns": 0, "caption_prob": 0.0}
+    out = tmp_path / "timed"
+    result = train(TrainConfig(out=str(out), steps=1000, schedule="time", time_limit=0.1, **settings))
+    assert 1 < result["step"] < 1000 and not result["stopped"]  # ended by its 6 s, not stopped
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == result["step"] and records[-1]["minutes"] >= 0.1
+    rates = [r["lr"] for r in records[1:]]
+    assert all(a >= b for a, b in itertools.pairwise(rates)) and rates[0] > rates[-1]
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == result["step"] and saved["minutes"] >= 0.1
+    # Resuming a spent schedule trains one step and ends again; the minutes add up over runs.
+    again = train(
+        TrainConfig(out=str(out), steps=1000, schedule="time", time_limit=0.1, resume=True, **settings)
+    )
+    assert again["step"] == result["step"] + 1
+
+
+def test_sam_from_points_keeps_the_seg_loss_out_of_sam(small_model, scene):
+    from segprune.train.objective import AuxHeads, compute_losses
+
+    model, batch = small_model.train(), _batch(small_model, scene)
+    heads = AuxHeads.for_model(model)
+    only_masks = dict.fromkeys(
+        ("lm", "patches", "patch_position", "presence", "centre", "point_mask", "seg_point"), 0.0
+    )
+    for sam_from, sam_learns in (("all", True), ("points", False)):
+        model.zero_grad()
+        weights = {**only_masks, "point_mask": 1e-30}  # "points" needs the term; this keeps it ~0
+        compute_losses(model, heads, batch, weights, sam_from=sam_from)["total"].backward()
+        assert model.seg_projector[0].weight.grad.abs().sum() > 0  # the LLM side learns either way
+        decoder = model.sam.mask_decoder.output_hypernetworks_mlps[0].layers[0].weight.grad
+        encoder = model.sam.vision_encoder.patch_embed.projection.weight.grad
+        assert (float(decoder.abs().sum()) > 1e-20) == sam_learns
+        assert (float(encoder.abs().sum()) > 1e-20) == sam_learns
+    assert all(p.requires_grad for p in model.sam.parameters())  # frozen only inside the [SEG] path
+    with pytest.raises(ValueError, match="point_mask must be > 0"):
+        compute_losses(model, heads, batch, {"point_mask": 0.0}, sam_from="points")
+    model.eval()
+
+
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     mix = {"refer_turns": 1, "qa_turns": 1, "caption_prob": 0.0}  # short sequences: a fast test
     settings = {"steps": 3, "batch_size": 1, "warmup": 1, "val_every": 0, "val_size": 0, "dims": SMALL}

@@ -13,6 +13,8 @@ from typing import Any
 from segprune.checks import check_choice, check_int, check_number
 
 SAVE_DTYPES = ("float16", "bfloat16", "float32")
+SCHEDULES = ("steps", "time")
+SAM_FROM = ("all", "points")
 
 # Fields that must match between a checkpoint and the run resuming it (the others, such as
 # the device, the time limit or the number of workers, may change).
@@ -27,6 +29,8 @@ SAME_ON_RESUME = (
     "dims",
     "mix",
     "loss_weights",
+    "schedule",
+    "sam_from",
 )
 
 
@@ -37,7 +41,7 @@ class TrainConfig:
 
     Attributes:
         out: output directory (checkpoint, model, log).
-        steps: optimizer steps; the learning-rate schedule spans them.
+        steps: optimizer steps; the learning-rate schedule spans them (with `schedule="time"`, a cap).
         batch_size: scenes per step (one multi-turn sequence each).
         lr: AdamW's peak learning rate.
         warmup: steps of linear warm-up to `lr`.
@@ -49,7 +53,12 @@ class TrainConfig:
         val_every: validate every this many steps and at the end (0: never).
         val_size: fixed validation cases, from split `VAL_SEED`.
         checkpoint_every: write `checkpoint.pt` every this many steps (always at the end and on stop).
-        time_limit: minutes; when exceeded, checkpoint and stop cleanly (resume later).
+        time_limit: minutes; when exceeded, checkpoint and stop cleanly (resume later). With
+            `schedule="time"`, the total minutes of training the schedule spans, summed over resumed
+            runs.
+        schedule: what the cosine decay runs over: "steps" (`steps`) or "time" (`time_limit`
+            minutes of training, so that the run reaches the floor learning rate when its time is
+            up: for a GPU lease measured in minutes, whose number of steps is not known before).
         log_every: write the losses to log.jsonl every this many steps.
         workers: data-loader processes building batches (0: in the training process).
         threads: torch CPU threads (0: leave torch's default).
@@ -62,6 +71,11 @@ class TrainConfig:
             must match). The auxiliary heads and the optimizer start afresh.
         overwrite: start afresh in an `out` that holds a run, replacing its checkpoint, model and log
             (without it, or `resume`, such a directory is refused).
+        sam_from: what trains SAM (its image encoder, prompt encoder and mask decoder): "all" (the
+            `[SEG]` masks and the point task) or "points" (only the point task and SAM's patch
+            head; the `[SEG]` mask loss reaches the LLM and the projector through a SAM it does not
+            change, as LISA's runs through a SAM pretrained on points), so the mask decoder cannot
+            learn to find the target from the query's words alone. Needs the `point_mask` term.
     """
 
     out: str = "runs/tiny"
@@ -87,6 +101,8 @@ class TrainConfig:
     loss_weights: dict[str, float] = field(default_factory=dict)
     init: str | None = None
     overwrite: bool = False
+    schedule: str = "steps"
+    sam_from: str = "all"
 
     def __post_init__(self) -> None:
         for name, lo in (
@@ -108,14 +124,23 @@ class TrainConfig:
         if self.time_limit is not None:
             check_number("TrainConfig.time_limit", self.time_limit, 0, lo_open=True)
         check_choice("TrainConfig.save_dtype", self.save_dtype, SAVE_DTYPES)
+        check_choice("TrainConfig.schedule", self.schedule, SCHEDULES)
+        check_choice("TrainConfig.sam_from", self.sam_from, SAM_FROM)
+        if self.schedule == "time" and self.time_limit is None:
+            raise ValueError('TrainConfig.schedule="time" needs time_limit (the minutes the schedule spans)')
         if self.resume and self.overwrite:
             raise ValueError("TrainConfig: resume and overwrite exclude each other; choose one")
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
-    """Return the learning rate of optimizer step `step` (0-based): linear warm-up, then cosine."""
+def learning_rate(config: TrainConfig, step: int, minutes: float = 0.0) -> float:
+    """Return the learning rate of optimizer step `step` (0-based): linear warm-up over `warmup`
+    steps, then a cosine to `min_lr_ratio * lr` over the remaining steps or, with
+    `schedule="time"`, over `time_limit` minutes (`minutes`: training time so far)."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    if config.schedule == "time":
+        progress = minutes / config.time_limit
+    else:
+        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     floor = config.min_lr_ratio
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))

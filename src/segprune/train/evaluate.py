@@ -76,11 +76,34 @@ def score_report(model: Any, n: int = 200, seed: int = VAL_SEED) -> dict[str, di
     return out
 
 
-if __name__ == "__main__":  # python -m segprune.train.evaluate [MODEL_DIR] [N]
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m segprune.train.evaluate [MODEL_DIR] [N] [--device D] [--out FILE]`: print the report."""
+    import argparse
     import json
-    import sys
+    from pathlib import Path
 
+    from segprune.checks import check_device
     from segprune.models.tiny import tiny
 
-    model_dir = sys.argv[1] if len(sys.argv) > 1 else None
-    print(json.dumps(score_report(tiny(model_dir), int(sys.argv[2]) if len(sys.argv) > 2 else 200), indent=2))
+    parser = argparse.ArgumentParser(
+        prog="python -m segprune.train.evaluate", description=score_report.__doc__
+    )
+    parser.add_argument(
+        "model", nargs="?", default=None, help="a saved tiny model (default: the bundled one)"
+    )
+    parser.add_argument("n", nargs="?", type=int, default=200, help="validation cases, one per scene")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--out", default=None, help="also write the report to this JSON file")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error(f"N={args.n} is out of range; valid: >= 1")
+    model = tiny(args.model).to(check_device(args.device)).eval()
+    report = json.dumps(score_report(model, args.n), indent=2)
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

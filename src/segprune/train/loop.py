@@ -34,7 +34,7 @@ from segprune.models.tiny import TinyDims, build_tiny
 from segprune.outdir import check_out_dir, contents, locked
 from segprune.train.config import SAME_ON_RESUME, TrainConfig, learning_rate
 from segprune.train.evaluate import VAL_SEED, evaluate_refseg, validation_set
-from segprune.train.objective import WEIGHTS, AuxHeads, check_loss_weights, compute_losses
+from segprune.train.objective import WEIGHTS, AuxHeads, check_loss_weights, check_sam_from, compute_losses
 from segprune.train.samples import TaskMix, collate, make_sample
 
 CHECKPOINT, LOG, MODEL = "checkpoint.pt", "log.jsonl", "model"
@@ -82,9 +82,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(path: Path, step: int, model, heads, optimizer, config: TrainConfig) -> None:
+def _save_checkpoint(
+    path: Path, step: int, model, heads, optimizer, config: TrainConfig, minutes: float
+) -> None:
     state = {
         "step": step,
+        "minutes": minutes,  # training time so far, summed over resumed runs (`schedule="time"`)
         "model": model.state_dict(),
         "heads": heads.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -223,6 +226,7 @@ def train(config: TrainConfig, stop_after: int | None = None) -> dict[str, Any]:
     dims = _check_dims(config.dims)
     TaskMix.from_dict(config.mix)
     check_loss_weights(config.loss_weights)
+    check_sam_from(config.sam_from, config.loss_weights)
     if config.init not in (None, "bundled") and not (Path(config.init) / "config.json").is_file():
         raise ValueError(f"TrainConfig.init={config.init!r} is not a saved tiny model (no config.json)")
     out = check_out_dir(config.out)
@@ -262,13 +266,13 @@ def _train(
     optimizer = torch.optim.AdamW(
         parameters, lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
-    step = 0
+    step, minutes_before = 0, 0.0
     if saved is not None:
         model.load_state_dict(saved["model"])
         heads.load_state_dict(saved["heads"])
         optimizer.load_state_dict(saved["optimizer"])
         _set_rng_state(saved["rng"])
-        step = saved["step"]
+        step, minutes_before = saved["step"], saved.get("minutes", 0.0)
         _trim_log(log_path, step)
 
     val_samples = validation_set(config.val_size, VAL_SEED) if config.val_size else []
@@ -280,11 +284,19 @@ def _train(
     last_scores: dict[str, float] = {}
     stopped = False
     bar = tqdm(total=config.steps, initial=step, desc="train-tiny", dynamic_ncols=True)
+    loop_start = time.monotonic()
+
+    def trained() -> float:  # minutes of training, this run's and the resumed runs' before it
+        return minutes_before + (time.monotonic() - loop_start) / 60
+
     for batch in loader:
+        lr = learning_rate(config, step, trained())
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = lr
         with autocast:
-            losses = compute_losses(model, heads, _to(batch, device), config.loss_weights)
+            losses = compute_losses(
+                model, heads, _to(batch, device), config.loss_weights, sam_from=config.sam_from
+            )
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -292,19 +304,29 @@ def _train(
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{losses['total'].item():.3f}", lm=f"{losses['lm'].item():.3f}")
-        if step % config.log_every == 0 or step == config.steps:
+        # A time-scheduled run ends when its minutes are spent; any run ends after `steps`.
+        finished = step == config.steps or (config.schedule == "time" and trained() >= config.time_limit)
+        if step % config.log_every == 0 or finished:
             record = {k: round(v.item(), 5) for k, v in losses.items()}
-            _log(log_path, {"step": step, "lr": learning_rate(config, step - 1), **record})
-        if config.val_every and val_samples and (step % config.val_every == 0 or step == config.steps):
+            _log(log_path, {"step": step, "lr": lr, "minutes": round(trained(), 3), **record})
+        if config.val_every and val_samples and (step % config.val_every == 0 or finished):
             last_scores = validate(model, val_samples, device)
             _log(log_path, {"step": step, **last_scores})
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_scores.items()))
-        out_of_time = config.time_limit is not None and time.monotonic() - start_time > 60 * config.time_limit
-        stopped = step < config.steps and (out_of_time or (stop_after is not None and step >= stop_after))
-        if step % config.checkpoint_every == 0 or step == config.steps or stopped:
-            _save_checkpoint(checkpoint_path, step, model, heads, optimizer, config)
+        out_of_time = (
+            config.schedule == "steps"
+            and config.time_limit is not None
+            and time.monotonic() - start_time > 60 * config.time_limit
+        )
+        stopped = not finished and (out_of_time or (stop_after is not None and step >= stop_after))
+        if step % config.checkpoint_every == 0 or finished or stopped:
+            _save_checkpoint(checkpoint_path, step, model, heads, optimizer, config, trained())
         if stopped:
             bar.write(f"stopped at step {step} of {config.steps}; continue with --resume")
+            break
+        if finished:
+            if step < config.steps:
+                bar.write(f"the {config.time_limit}-minute schedule ended at step {step}")
             break
     bar.close()
     save_model(model, out / MODEL, config.save_dtype)

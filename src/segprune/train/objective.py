@@ -20,7 +20,8 @@ them in the calibration run, issue 10). So we add, training only:
 - SAM's own pre-training task on a point drawn inside each target (`point_mask`: its three masks,
   the best one's BCE + dice as SAM trains, and MSE of its IoU head), which gives the from-scratch
   mask decoder something to segment with long before the LLM can steer it, and which SAM's
-  "everything" mode (Seg-First's instances) relies on;
+  "everything" mode (Seg-First's instances) relies on; its single-mask output, the one `[SEG]`
+  decodes through, is trained on the same point;
 - `seg_attention` (off by default; needs eager attention): the state that decodes each `[SEG]`
   asked to put its attention, in every decoder layer, on the image tokens its target covers
   (-log of that share, tokens weighted by the fraction of their patch the target covers). Without
@@ -30,20 +31,26 @@ them in the calibration run, issue 10). So we add, training only:
 - `seg_point`: the `[SEG]` prompt token pulled (MSE) towards SAM's embedding of that point, so the
   `[SEG]` state must say *where* the target is, which only the image tokens can tell the LLM.
 
+With `sam_from="points"` SAM learns only from the point task and its patch head; the `[SEG]` mask
+loss then trains the LLM and projector through a SAM it leaves unchanged (as LISA's flows through a
+SAM pretrained on points), so the mask decoder cannot learn to find targets from the words alone.
+
 The heads live in `AuxHeads`, outside `SegModel`: they are saved in training checkpoints only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segprune.checks import check_fields, check_number
+from segprune.checks import check_choice, check_fields, check_number
+from segprune.train.config import SAM_FROM
 from segprune.train.samples import COLOUR_CLASSES, N_PRESENCE, SHAPE_CLASSES, SIZE_CLASSES
 
 WEIGHTS = {
@@ -58,6 +65,13 @@ WEIGHTS = {
     "seg_point": 1.0,
     "seg_attention": 0.0,
 }
+
+
+def check_sam_from(sam_from: str, weights: dict[str, Any]) -> None:
+    """Raise unless `sam_from` is "all" or "points", and "points" comes with a `point_mask` weight."""
+    check_choice("sam_from", sam_from, SAM_FROM)
+    if sam_from == "points" and not {**WEIGHTS, **weights}["point_mask"]:
+        raise ValueError('sam_from="points" trains SAM only through the point task: point_mask must be > 0')
 
 
 def check_loss_weights(weights: dict[str, Any]) -> dict[str, Any]:
@@ -126,17 +140,46 @@ def point_losses(
     )
     logits = out.pred_masks[:, 0].float()  # (k, 3, h, w)
     target = targets[:, None].expand_as(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(-1)
-    p = logits.sigmoid().flatten(2)
-    t = target.flatten(2)
-    dice = 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
-    per_mask = bce + dice  # (k, 3)
-    best = per_mask.min(dim=1).values.mean()
+    best = _mask_terms(logits, target).min(dim=1).values.mean()
     with torch.no_grad():
         hard, truth = logits > 0, target > 0.5
         iou = (hard & truth).flatten(2).sum(-1) / (hard | truth).flatten(2).sum(-1).clamp(min=1)
     iou_loss = F.mse_loss(out.iou_scores[:, 0].float(), iou.float())
-    return best + iou_loss, sparse[:, 0, 0]
+    # SAM's single-mask output (its first mask token) is the one `decode_masks` reads for `[SEG]`:
+    # trained here too, so that a SAM taught only by points (`sam_from="points"`) has it.
+    single = (
+        model.sam(
+            image_embeddings=sam_embeddings,
+            input_points=points[:, None, None, :].to(sam_embeddings.dtype),
+            input_labels=labels,
+            multimask_output=False,
+        )
+        .pred_masks[:, 0]
+        .float()
+    )  # (k, 1, h, w)
+    single_loss = _mask_terms(single, targets[:, None]).mean()
+    return best + single_loss + iou_loss, sparse[:, 0, 0]
+
+
+def _mask_terms(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + dice of each mask: `(k, m, h, w)` logits and soft targets -> `(k, m)`."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(-1)
+    p = logits.sigmoid().flatten(2)
+    t = target.flatten(2)
+    return bce + 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Record no gradient for `module`'s parameters in the ops run inside (the inputs still get theirs)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def attention_loss(
@@ -191,14 +234,20 @@ def patch_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.
 
 
 def compute_losses(
-    model: nn.Module, heads: AuxHeads, batch: dict[str, Any], weights: dict[str, float] | None = None
+    model: nn.Module,
+    heads: AuxHeads,
+    batch: dict[str, Any],
+    weights: dict[str, float] | None = None,
+    sam_from: str = "all",
 ) -> dict[str, torch.Tensor]:
     """Run one teacher-forced forward of `model` on a collated batch and return every weighted loss term.
 
     The batch's tensors must already be on the model's device. `weights` override entries of
-    `WEIGHTS`. Keys: the `WEIGHTS` names and "total".
+    `WEIGHTS`. Keys: the `WEIGHTS` names and "total". `sam_from` ("all" or "points", see
+    `TrainConfig.sam_from`): whether the `[SEG]` mask loss trains SAM too.
     """
     weights = {**WEIGHTS, **check_loss_weights(weights or {})}
+    check_sam_from(sam_from, weights)
     captured: dict[str, Any] = {}
     llava = model.mllm.model
 
@@ -236,7 +285,12 @@ def compute_losses(
     sam_embeddings = model.sam.vision_encoder(batch["sam_pixels"])[0]
     if len(rows):
         states = hidden[rows, cols - 1]
-        low_res = model.decode_masks(sam_embeddings[rows], states[:, None])[:, 0].float()
+        if sam_from == "points":  # the [SEG] loss flows through SAM without changing it
+            with frozen(model.sam):
+                low_res = model.decode_masks(sam_embeddings.detach()[rows], states[:, None])
+        else:
+            low_res = model.decode_masks(sam_embeddings[rows], states[:, None])
+        low_res = low_res[:, 0].float()
         mask_targets = batch["mask_targets"]
         losses["mask_bce"] = F.binary_cross_entropy_with_logits(low_res, mask_targets)
         losses["mask_dice"] = dice_loss(low_res, mask_targets)
