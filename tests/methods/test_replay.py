@@ -46,7 +46,9 @@ def test_plans_are_built_once_per_shape():
 
 def test_from_stats_copies_the_live_sets_and_the_numbering():
     kept = [torch.tensor([[0, 1, 2, 3]]), torch.tensor([[2, 3]])]
-    config = ReplayConfig.from_stats(SimpleNamespace(kept_indices=kept, renumbered=True), check=False)
+    config = ReplayConfig.from_stats(
+        SimpleNamespace(kept_indices=kept, renumbered=True, image_counts=None), check=False
+    )
     assert config.renumber and not config.check
     assert config.plan(4, 2).renumber
     kept[1][0, 0] = 0  # the stats' tensors may be reused; the replay holds its own copy

@@ -100,7 +100,7 @@ class EvalSpec:
     @property
     def ground_truth_instances(self) -> bool:
         """Whether the method's Seg-First stage takes the data's object masks as its instances."""
-        return getattr(self.method, "instance_choice", None) == "ground_truth"
+        return self.method is not None and self.method.instance_choice == "ground_truth"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the run's identity, JSON-ready."""
@@ -278,7 +278,7 @@ def instance_source(model: Any, spec: EvalSpec) -> str | None:
     Call it with the model pruned with `spec.method`.
     """
     resolve = getattr(model, "instance_source", None)
-    if resolve is None or getattr(spec.method, "instance_choice", None) is None:
+    if resolve is None or spec.method is None or spec.method.instance_choice is None:
         return None
     return resolve(given=spec.ground_truth_instances)
 

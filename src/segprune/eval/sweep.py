@@ -111,7 +111,7 @@ def _has_seg_first(method: str, overrides: dict[str, Any]) -> bool:
         probe = METHODS[method](**overrides)
     except (TypeError, ValueError):
         return False
-    return getattr(probe, "instance_choice", None) is not None
+    return probe.instance_choice is not None
 
 
 def select_labels(names: Sequence[str] | None) -> list[str]:

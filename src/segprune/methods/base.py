@@ -115,6 +115,14 @@ class MethodConfig:
         return False
 
     @property
+    def instance_choice(self) -> str | None:
+        """Where a Seg-First stage takes its instances from (one of
+        `segprune.methods.csp.INSTANCE_CHOICES`: "auto", "sam", "superpixels", "ground_truth"), or
+        None where the method runs no such stage: the default, which CSP overrides.
+        `SegModel.instance_source` and the evaluation read it."""
+        return None
+
+    @property
     def replayable(self) -> bool:
         """Whether replaying the recorded live sets (`ReplayConfig`) reproduces the forward: false for
         methods that merge tokens, whose kept tokens carry merged hidden states."""

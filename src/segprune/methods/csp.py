@@ -236,7 +236,7 @@ class CSPConfig(MethodConfig):
 
     @property
     def instance_choice(self) -> str | None:
-        """`instances` when a Seg-First stage runs (read by `SegModel` and the evaluation), else None."""
+        """`instances` when a Seg-First stage runs, else None (`MethodConfig.instance_choice`)."""
         return self.instances if self.cluster_layers > 0 and self.cluster == "seg_first" else None
 
     @property

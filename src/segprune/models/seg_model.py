@@ -402,7 +402,8 @@ class SegModel(PreTrainedModel):
         from segprune.methods.csp import instance_source
         from segprune.patch import instance_detector, pruning_config
 
-        choice = getattr(pruning_config(self), "instance_choice", None)
+        config = pruning_config(self)
+        choice = None if config is None else config.instance_choice
         if choice is None:
             return None
         detector = instance_detector(self)
