@@ -11,6 +11,15 @@ scores, merging) and decoder — can be captured once and replayed:
 
 `prefill(model, input_ids, pixel_values)` is the same computation run eagerly (any device).
 
+Into `StaticDecode`'s buffers, with one copy of the KV cache: give both a `DecodeCache`, which
+every call resets and the captured prefill writes into (its buffers are sized by the warm-up, outside
+the capture, so they are ordinary allocations, not the graph's), then decode over the same memory:
+
+    cache = DecodeCache(model, max_steps=127)
+    runner = segprune.GraphedPrefill(model, input_ids, pixel_values, cache=cache)
+    out = runner(input_ids, pixel_values)                  # out.cache is cache
+    decoder = StaticDecode(model, cache, max_steps=127)    # adopts its buffers
+
 Rules: no padding (every sample the same length); each call's prompt has the layout of the one
 captured (image tokens at the same positions; a [SEG] in every sample when the method scores by
 [SEG]) — checked at every call, which costs one small comparison and one synchronisation before the
@@ -35,6 +44,7 @@ from torch import nn
 
 from segprune.families import Family, family_of
 from segprune.patch import _adapter
+from segprune.patch.decode_cache import DecodeCache
 from segprune.patch.state import StaticLayout
 from segprune.patch.transformers_api import TransformersAPI
 
@@ -115,7 +125,11 @@ def _layout(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tenso
 
 
 def _run(
-    model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor, layout: _Layout
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor,
+    layout: _Layout,
+    cache: DecodeCache | None = None,
 ) -> PrefillOutput:
     family = _family(model)
     # The decoder's input embeddings: text embeddings with the projected image features placed.
@@ -124,21 +138,42 @@ def _run(
     if adapter is not None:  # what its top-level pre-hook would have captured
         adapter.expect_prompt(input_ids)
     language_model = family.language_model
-    out = language_model(inputs_embeds=embeds, use_cache=True, return_dict=True)
+    api = TransformersAPI.of(language_model)
+    given = {}
+    if cache is not None:  # a prefill starts from an empty cache; the buffers stay
+        cache.reset()
+        given = api.cache_kwargs(cache)
+    out = language_model(inputs_embeds=embeds, use_cache=True, return_dict=True, **given)
     hidden = out.last_hidden_state
     head = getattr(model, "lm_head", None)
     logits = head(hidden[:, -1:]) if head is not None else None
-    return PrefillOutput(logits, hidden, TransformersAPI.of(language_model).read_cache(out))
+    return PrefillOutput(logits, hidden, api.read_cache(out))
+
+
+def _check_cache(cache: Any) -> DecodeCache | None:
+    if cache is not None and not isinstance(cache, DecodeCache):
+        raise TypeError(
+            "cache must be a segprune.patch.decode_cache.DecodeCache (the buffers the prefill writes "
+            f"into) or None, got {type(cache).__name__}"
+        )
+    return cache
 
 
 @torch.no_grad()
-def prefill(model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> PrefillOutput:
+def prefill(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor,
+    *,
+    cache: DecodeCache | None = None,
+) -> PrefillOutput:
     """Run the prefill `GraphedPrefill` captures, eagerly: logits of the last position, hidden states, cache.
 
     Equal to `model(input_ids=..., pixel_values=..., use_cache=True)` for unpadded prompts; the graph
-    path's reference.
+    path's reference. `cache`: a `DecodeCache` to fill (reset first) instead of a new DynamicCache.
     """
-    return _run(model, input_ids, pixel_values, _layout(model, input_ids, pixel_values))
+    layout = _layout(model, input_ids, pixel_values)
+    return _run(model, input_ids, pixel_values, layout, _check_cache(cache))
 
 
 @contextlib.contextmanager
@@ -174,10 +209,19 @@ class GraphedPrefill:
             re-capture after `prune_`/`unprune`.
         input_ids, pixel_values: an example prompt: its shapes and layout are fixed from now on.
         warmup: eager runs before the capture (at least 1).
+        cache: a `DecodeCache` the prefill writes its keys and values into (reset at every call; the
+            output's `.cache`), so a `StaticDecode` adopting it decodes with no second copy; None: a
+            cache in the graph's own memory.
     """
 
     def __init__(
-        self, model: nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor, *, warmup: int = 2
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        *,
+        warmup: int = 2,
+        cache: DecodeCache | None = None,
     ):
         if input_ids.device.type != "cuda":
             raise ValueError(
@@ -187,6 +231,7 @@ class GraphedPrefill:
         if warmup < 1:
             raise ValueError(f"warmup={warmup} is out of range; valid: >= 1")
         self.model = model
+        self.cache = _check_cache(cache)
         self.layout = _layout(model, input_ids, pixel_values)
         # Where each call's image tokens must be, for `check`: built once, not per call.
         self._image_mask = torch.zeros(self.layout.shape, dtype=torch.bool, device=input_ids.device)
@@ -205,7 +250,7 @@ class GraphedPrefill:
             for _ in range(warmup):
                 self._seed()
                 with _sync_errors():
-                    _run(model, self.input_ids, self.pixel_values, self.layout)
+                    _run(model, self.input_ids, self.pixel_values, self.layout, self.cache)
         torch.cuda.current_stream(input_ids.device).wait_stream(stream)
 
         self.graph = torch.cuda.CUDAGraph()
@@ -213,7 +258,7 @@ class GraphedPrefill:
             self.graph.register_generator_state(self.generator)
         self._seed()
         with torch.no_grad(), _static(model, self.layout, self.generator), torch.cuda.graph(self.graph):
-            self.output = _run(model, self.input_ids, self.pixel_values, self.layout)
+            self.output = _run(model, self.input_ids, self.pixel_values, self.layout, self.cache)
         # What the capture left behind for decode steps and stats; restored before each replay returns,
         # since decode steps extend both.
         self._state = adapter.state if adapter is not None else None

@@ -2,7 +2,9 @@
 
 On CPU the static step runs eagerly: same greedy tokens and fp32 logits equal to rounding, for the
 unpruned model and FastV, PyramidDrop (renumbered positions), ALTP and CSP (re-activation), with and
-without left padding. On CUDA (`-m gpu`) the step is a captured CUDA graph and must agree the same way.
+without left padding; also when the prefill wrote straight into the decoder's buffers (a
+`DecodeCache`: one copy of the KV cache). On CUDA (`-m gpu`) the step is a captured CUDA graph and
+must agree the same way.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from tiny_qwen import left_padded_batch, llava_prompt
 import segprune
 from conftest import EXAMPLES, position_ids_of
 from segprune.models import tiny_llava_inputs
+from segprune.patch.decode_cache import DecodeCache
 from segprune.patch.static_decode import StaticDecode, decode_layout
-from segprune.patch.transformers_api import output_cache
+from segprune.patch.transformers_api import cache_kwargs, output_cache
 
 STEPS = 16
 CASES = ["none", "fastv", "pdrop", "altp", "csp"]
@@ -57,11 +60,26 @@ def reference(model, inputs, steps: int):
 
 
 @torch.no_grad()
-def prefill(model, inputs):
-    """The prefill `generate()` runs (position ids counting real tokens), its first token and cache."""
+def prefill(model, inputs, cache=None):
+    """The prefill `generate()` runs (position ids counting real tokens), its first token and cache
+    (`cache`, when given, filled from empty)."""
     positions = position_ids_of(inputs["attention_mask"])
-    out = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+    given = {}
+    if cache is not None:
+        cache.reset()
+        given = cache_kwargs(model, cache)
+    out = model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1, **given)
     return out.logits[:, -1:].argmax(-1), output_cache(model, out)
+
+
+def assert_one_copy(decoder: StaticDecode, cache: DecodeCache) -> None:
+    """The decoder's buffers are the cache's own, and the cache's layers are views of them."""
+    assert decoder.adopted and decoder.shares(cache)
+    for layer, keys, values in zip(cache.layers, decoder.kv.keys, decoder.kv.values, strict=True):
+        assert keys.data_ptr() == layer.key_buffer.data_ptr() == layer.keys.data_ptr()
+        assert values.data_ptr() == layer.value_buffer.data_ptr() == layer.values.data_ptr()
+        assert layer.keys._base is layer.key_buffer and layer.values._base is layer.value_buffer
+    assert decoder.kv.nbytes() == cache.nbytes()
 
 
 def static_steps(decoder: StaticDecode, first: torch.Tensor, steps: int):
@@ -95,6 +113,77 @@ def test_static_decode_equals_the_eager_pruned_decode(model, name, batch):
     torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
     # The prefill's cache is copied, not extended.
     assert [layer.keys.shape[-2] for layer in cache.layers] == n_keys
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", CASES)
+def test_prefill_into_the_decode_buffers(model, name, batch):
+    # The prefill writes its keys and values into a DecodeCache, whose buffers the decoder adopts:
+    # one copy of the KV cache, and the same tokens and logits as generate().
+    _prune(model, name)
+    inputs = _inputs(model, batch)
+    expected_tokens, expected_logits = reference(model, inputs, STEPS)
+    _, copied = prefill(model, inputs)  # an ordinary DynamicCache, for its contents
+    cache = DecodeCache(model, STEPS)
+    first, filled = prefill(model, inputs, cache)
+    assert filled is cache
+    assert torch.equal(first[:, 0], expected_tokens[:, 0])
+    n_keys = [layer.keys.shape[-2] for layer in cache.layers]
+    for layer, ref in zip(cache.layers, copied.layers, strict=True):
+        assert layer.key_buffer.shape[-2] == ref.keys.shape[-2] + STEPS
+        assert torch.equal(layer.keys, ref.keys) and torch.equal(layer.values, ref.values)
+    del copied
+    mask = inputs["attention_mask"] if batch == 2 else None
+    decoder = StaticDecode(model, cache, STEPS, attention_mask=mask)
+    assert_one_copy(decoder, cache)
+    assert [k.shape[-2] for k in decoder.kv.keys] == [n + STEPS for n in n_keys]
+    tokens, logits = static_steps(decoder, first, STEPS)
+    assert torch.equal(tokens, expected_tokens[:, 1:])
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-5)
+    assert [layer.keys.shape[-2] for layer in cache.layers] == n_keys  # the prefill's views stay
+
+
+@pytest.mark.parametrize("name", ["none", "pdrop", "csp"])
+def test_decode_cache_reload_copies_nothing(model, name, monkeypatch):
+    _prune(model, name)
+    cache = DecodeCache(model, STEPS)
+    first, _ = prefill(model, _inputs(model, 1), cache)
+    decoder = StaticDecode(model, cache, STEPS)
+    decoder.run(first, STEPS)
+    other = _inputs(model, 1, seed=7)
+    expected, _ = reference(model, other, STEPS)
+    first, _ = prefill(model, other, cache)  # reset, and into the same buffers
+    assert_one_copy(decoder, cache)
+    copies = []
+    original = torch.Tensor.copy_
+
+    def counting(self, src, *args, **kwargs):
+        copies.append(tuple(src.shape))
+        return original(self, src, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", counting)
+    decoder.load(cache)
+    monkeypatch.undo()
+    assert all(len(shape) < 4 for shape in copies), copies  # no key or value tensor was copied
+    assert torch.equal(decoder.run(first, STEPS), expected[:, 1:])
+
+
+def test_decode_cache_bad_arguments(model):
+    inputs = _inputs(model, 1)
+    with pytest.raises(ValueError, match="max_steps=0 is out of range"):
+        DecodeCache(model, 0)
+    cache = DecodeCache(model, 4)
+    prefill(model, inputs, cache)
+    with pytest.raises(ValueError, match=r"max_steps=5 is out of range for this DecodeCache.*<= 4"):
+        StaticDecode(model, cache, 5)
+    assert StaticDecode(model, cache, 3).adopted  # fewer steps than the room: a view of the buffers
+    with pytest.raises(ValueError, match=r"layer 0: new keys \(2, .* do not fit its buffer"):
+        prefill(model, _inputs(model, 2), cache)
+    longer = tiny_llava_inputs(model, batch=1, prompt_lengths=(14,), seed=1, left_pad=True)
+    with pytest.raises(ValueError, match=r"layer 0: \d+ keys \(0 held \+ \d+ new\) exceed its buffer"):
+        prefill(model, longer, cache)
+    with pytest.raises(NotImplementedError, match="does not support reorder_cache"):
+        cache.reorder_cache(torch.zeros(1, dtype=torch.long))
 
 
 @pytest.mark.parametrize("name", ["none", "pdrop", "csp"])
@@ -238,4 +327,30 @@ def test_graphed_decode_on_cuda(model, name, batch):
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
     first, cache = prefill(cuda_model, inputs)
     decoder.load(cache, mask)
+    assert torch.equal(decoder.run(first, STEPS), expected_tokens[:, 1:])  # replays, no host sync between
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name", CASES)
+def test_graphed_decode_into_the_prefills_buffers_on_cuda(model, name, batch):
+    from segprune.models import tiny_llava
+
+    cuda_model = tiny_llava().to("cuda")
+    _prune(cuda_model, name)
+    inputs = {k: v.to("cuda") for k, v in _inputs(model, batch).items()}
+    expected_tokens, expected_logits = reference(cuda_model, inputs, STEPS)
+    cache = DecodeCache(cuda_model, STEPS)
+    first, _ = prefill(cuda_model, inputs, cache)
+    mask = inputs["attention_mask"] if batch == 2 else None
+    decoder = StaticDecode(cuda_model, cache, STEPS, attention_mask=mask, graph=True)
+    assert decoder.graph is not None
+    assert_one_copy(decoder, cache)
+    tokens, logits = static_steps(decoder, first, STEPS)
+    assert torch.equal(tokens, expected_tokens[:, 1:])
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    first, _ = prefill(cuda_model, inputs, cache)
+    decoder.load(cache, mask)
+    assert_one_copy(decoder, cache)
     assert torch.equal(decoder.run(first, STEPS), expected_tokens[:, 1:])  # replays, no host sync between

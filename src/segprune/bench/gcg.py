@@ -10,8 +10,10 @@ token, the total and the tokens per second over the batch. Kinds of row:
 * **eager**: the model's forward with its KV cache, one call per token, as `generate()` makes them
   (a plain greedy loop: no logits processors, no stopping early; random weights never stop).
 * **graphed**: the prefill as one CUDA graph (`segprune.GraphedPrefill`) and every decode step as
-  one CUDA graph over static per-layer KV buffers (`segprune.patch.static_decode.StaticDecode`).
-  Without CUDA the same static-buffer step runs eagerly (`mode` says which).
+  one CUDA graph over static per-layer KV buffers (`segprune.patch.static_decode.StaticDecode`);
+  the prefill writes its keys and values straight into those buffers (a `DecodeCache`), so the
+  row holds one copy of the KV cache. Without CUDA the same prefill and static-buffer step run
+  eagerly (`mode` says which).
 
 Tables are "batch N" or "max batch": the largest power-of-two batch, up to a cap, that runs the
 whole generation for that row without running out of device memory (found by doubling; on a CPU
@@ -105,12 +107,13 @@ def greedy_cached(model, inputs, new_tokens: int, clock: Clock | None = None) ->
     if clock is not None:
         clock.first()
     cache = output_cache(model, out)
-    length = inputs["input_ids"].shape[1]
     tokens = [token]
-    for step in range(new_tokens - 1):
-        position = torch.full_like(token, length + step)
-        step_inputs = {"input_ids": token, "position_ids": position, **cache_kwargs(model, cache)}
-        out = model(**step_inputs, use_cache=True, logits_to_keep=1)
+    for _ in range(new_tokens - 1):
+        # No position ids: the model continues its own, as `generate()` does (the prompts hold no
+        # padding). LLaVA counts on from the cache's length; Qwen2.5-VL adds the M-RoPE offset its
+        # prefill kept (`rope_deltas`: each sample's largest prompt position + 1 - prompt length),
+        # and a pruned model continues from the prefill's positions whatever the cache holds.
+        out = model(input_ids=token, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1:].argmax(-1)
         tokens.append(token)
     if clock is not None:
@@ -121,25 +124,60 @@ def greedy_cached(model, inputs, new_tokens: int, clock: Clock | None = None) ->
 @torch.no_grad()
 def greedy_no_cache(model, inputs, new_tokens: int, clock: Clock | None = None) -> torch.Tensor:
     """Greedy `(batch, new_tokens)` tokens re-running the whole model on the whole sequence per token."""
-    ids = inputs["input_ids"]
+    length = inputs["input_ids"].shape[1]
+    step_inputs = dict(inputs)
     for step in range(new_tokens):
-        out = model(input_ids=ids, pixel_values=inputs["pixel_values"], use_cache=False, logits_to_keep=1)
-        ids = torch.cat([ids, out.logits[:, -1:].argmax(-1)], dim=1)
+        # Every input the prompt has (Qwen2.5-VL: image_grid_thw and mm_token_type_ids, from which the
+        # model recomputes its M-RoPE positions over the whole sequence at every call).
+        out = model(**step_inputs, use_cache=False, logits_to_keep=1)
+        step_inputs = grow(step_inputs, out.logits[:, -1:].argmax(-1))
         if step == 0 and clock is not None:
             clock.first()
     if clock is not None:
         clock.done()
-    return ids[:, inputs["input_ids"].shape[1] :]
+    return step_inputs["input_ids"][:, length:]
+
+
+# Per-token inputs `grow` extends, and the value a generated (text) token takes in each; per-image ones.
+GROWN = {"attention_mask": 1, "mm_token_type_ids": 0}
+PER_IMAGE = ("pixel_values", "image_grid_thw")
+
+
+def grow(inputs: dict[str, torch.Tensor], token: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Return `inputs` with the `(batch, 1)` generated `token` appended to every per-token tensor.
+
+    `input_ids` takes the token, `attention_mask` a 1 and `mm_token_type_ids` a 0 (a text token);
+    per-image inputs (`pixel_values`, `image_grid_thw`) stay as they are. Raises on any other
+    `(batch, L)` input, which a no-cache generation would not know how to extend.
+    """
+    ids = inputs["input_ids"]
+    out = {}
+    for key, value in inputs.items():
+        if key == "input_ids":
+            out[key] = torch.cat([ids, token.to(ids.dtype)], dim=1)
+        elif key in GROWN:
+            pad = torch.full_like(value[:, :1], GROWN[key])
+            out[key] = torch.cat([value, pad], dim=1)
+        elif key not in PER_IMAGE and value.shape[:2] == ids.shape:
+            raise ValueError(
+                f"input {key!r} has one entry per token (shape {tuple(value.shape)}); a no-cache generation "
+                f"extends only input_ids and {sorted(GROWN)}"
+            )
+        else:
+            out[key] = value
+    return out
 
 
 class GraphedGeneration:
     """A prefill and `new_tokens - 1` static decode steps, both captured as CUDA graphs where possible.
 
     Built for one batch and prompt layout; each call runs a new generation on inputs of that layout.
+    The prefill fills a `DecodeCache` whose buffers the decoder adopts: one copy of the KV cache.
     """
 
     def __init__(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], new_tokens: int) -> None:
         from segprune.graph import GraphedPrefill
+        from segprune.patch.decode_cache import DecodeCache
         from segprune.patch.static_decode import StaticDecode
 
         self.model = model
@@ -148,19 +186,28 @@ class GraphedGeneration:
         if self.cuda:  # compile what compiles lazily (fused SLIC) outside GraphedPrefill's sync checks
             with torch.no_grad():
                 model(**inputs, use_cache=True, logits_to_keep=1)
+        self.cache = DecodeCache(model, new_tokens - 1)
         self.prefill = (
-            GraphedPrefill(model, inputs["input_ids"], inputs["pixel_values"]) if self.cuda else None
+            GraphedPrefill(model, inputs["input_ids"], inputs["pixel_values"], cache=self.cache)
+            if self.cuda
+            else None
         )
-        out = self._prefill(inputs)
-        self.decoder = StaticDecode(model, self._cache(out), new_tokens - 1, graph=self.cuda)
+        self._prefill(inputs)
+        self.decoder = StaticDecode(model, self.cache, new_tokens - 1, graph=self.cuda)
+        if not self.decoder.adopted:
+            raise RuntimeError("the static decoder copied the prefill's cache instead of adopting it")
 
     def _prefill(self, inputs):
+        """The prefill's output; its keys and values are in `self.cache`, the decoder's buffers."""
         if self.prefill is not None:
-            return self.prefill(inputs["input_ids"], inputs["pixel_values"])
-        return self.model(**inputs, use_cache=True, logits_to_keep=1)
-
-    def _cache(self, out):
-        return out.cache if self.prefill is not None else output_cache(self.model, out)
+            out = self.prefill(inputs["input_ids"], inputs["pixel_values"])
+        else:
+            self.cache.reset()
+            kwargs = cache_kwargs(self.model, self.cache)
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1, **kwargs)
+        if output_cache(self.model, out) is not self.cache:
+            raise RuntimeError("the prefill did not fill the DecodeCache it was given")
+        return out
 
     @property
     def mode(self) -> str:
@@ -172,7 +219,7 @@ class GraphedGeneration:
         first = out.logits[:, -1:].argmax(-1)
         if clock is not None:
             clock.first()
-        self.decoder.load(self._cache(out))
+        self.decoder.load(self.cache)  # already in the buffers: nothing is copied
         rest = self.decoder.run(first, self.new_tokens - 1)
         if clock is not None:
             clock.done()

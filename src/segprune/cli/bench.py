@@ -39,7 +39,7 @@ def add_parser(sub: Any, method: Any = None) -> None:
         default="llava-1.5-7b-336",
         choices=[*sorted(PRESETS), *sorted(QWEN_PRESETS), TINY, TINY_QWEN],
         help="the model (random weights); Qwen2.5-VL presets take only methods that read no vision CLS "
-        "row (fastv, pdrop, altp, csp) and eager prefill (no --graph, --e2e --rows eager)",
+        "row (fastv, pdrop, altp, csp) and eager prefill (no --graph, --e2e --rows no-cache,eager)",
     )
     p.add_argument(
         "--methods",

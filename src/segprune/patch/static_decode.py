@@ -18,6 +18,11 @@ the plan runner's state, when the model is pruned, the tokens seen so far and ea
 sequence indices (for padding) and, for plans that renumber positions (PyramidDrop), how many image
 tokens each layer dropped. Position ids continue the unpruned sequence as in the ordinary decode.
 
+One copy of the KV cache: run the prefill into a `DecodeCache` (`segprune.patch.decode_cache`;
+eagerly, or under `GraphedPrefill(..., cache=)`) and its per-layer buffers already have the room;
+`StaticDecode` then adopts them (`adopted`) instead of allocating its own, and `load` of a prefill
+that went into the same buffers copies nothing. Given any other cache it copies, as above.
+
 Rules: LLaVA-style families (`Family.graphable`), SDPA or eager attention; `load(cache)` takes the
 next prefill of the same layout (same batch and per-layer key counts) into the same buffers, so
 one capture serves many prompts. The model's own cache and the runner's state are not extended:
@@ -35,9 +40,10 @@ from torch import nn
 from segprune.checks import check_int
 from segprune.families import Family, family_of
 from segprune.patch import _adapter
+from segprune.patch.decode_cache import DecodeCache, DecodeLayer
 from segprune.patch.transformers_api import TransformersAPI
 
-__all__ = ["DecodeLayout", "StaticDecode", "StaticKV", "decode_layout"]
+__all__ = ["DecodeCache", "DecodeLayout", "StaticDecode", "StaticKV", "decode_layout"]
 
 STATIC_ATTENTION = ("sdpa", "eager")
 
@@ -124,6 +130,35 @@ def _family(model: nn.Module) -> Family:
     return family
 
 
+def _buffers(cache: Any, n_keys: tuple[int, ...], max_steps: int) -> tuple[list, list]:
+    """Per layer, key and value buffers of `n_keys[l] + max_steps` slots: a `DecodeCache`'s own
+    buffers (its prefill already in their first slots), else new zero-filled ones."""
+    keys, values = [], []
+    for i, (layer, n) in enumerate(zip(cache.layers, n_keys, strict=False)):
+        if isinstance(layer, DecodeLayer):
+            room = layer.capacity - n
+            if room < max_steps:
+                raise ValueError(
+                    f"max_steps={max_steps} is out of range for this DecodeCache: layer {i} holds {n} "
+                    f"keys in {layer.capacity} slots; valid: 1 <= value <= {room} (build the DecodeCache "
+                    "with more max_steps)"
+                )
+            keys.append(layer.key_buffer[:, :, : n + max_steps])
+            values.append(layer.value_buffer[:, :, : n + max_steps])
+            continue
+        b, h, _, d = layer.keys.shape
+        device = layer.keys.device
+        keys.append(torch.zeros(b, h, n + max_steps, d, dtype=layer.keys.dtype, device=device))
+        dv = layer.values.shape[-1]
+        values.append(torch.zeros(b, h, n + max_steps, dv, dtype=layer.values.dtype, device=device))
+    return keys, values
+
+
+def _same_memory(view: torch.Tensor, buffer: torch.Tensor) -> bool:
+    """Whether `view` is `buffer`'s leading slots (same start, same strides)."""
+    return view.data_ptr() == buffer.data_ptr() and view.stride() == buffer.stride()
+
+
 class StaticKV:
     """Per-layer key/value buffers that decoder layers write one slot of per step (`update`).
 
@@ -155,8 +190,9 @@ class StaticDecode:
     Args:
         model: a `LlavaForConditionalGeneration` (or a module holding one) with an LM head.
         cache: the KV cache its last prefill filled (`output_cache(model, out)`, or a
-            `GraphedPrefill` output's `.cache`).
-        max_steps: decode steps the buffers hold (tokens fed in after the prompt), at least 1.
+            `GraphedPrefill` output's `.cache`); a `DecodeCache` lends its buffers (no copy).
+        max_steps: decode steps the buffers hold (tokens fed in after the prompt), at least 1 (at
+            most a `DecodeCache`'s room).
         attention_mask: the prompt's `(batch, seq_len)` padding mask, if it had padding; new tokens'
             position ids then count real tokens only, as `generate()` numbers them.
         graph: capture the step as a CUDA graph (None: on CUDA devices only; True needs CUDA).
@@ -197,13 +233,9 @@ class StaticDecode:
             graph = device.type == "cuda"
         if graph and device.type != "cuda":
             raise ValueError(f"graph=True needs the model on a CUDA device, got {device}")
-        keys, values = [], []
-        for layer, n in zip(cache.layers[:n_layers], layout.n_keys, strict=True):
-            b, h, _, d = layer.keys.shape
-            keys.append(torch.zeros(b, h, n + max_steps, d, dtype=layer.keys.dtype, device=device))
-            dv = layer.values.shape[-1]
-            values.append(torch.zeros(b, h, n + max_steps, dv, dtype=layer.values.dtype, device=device))
-        self.kv = StaticKV(keys, values)
+        self.kv = StaticKV(*_buffers(cache, layout.n_keys, max_steps))
+        # Whether the buffers are the cache's own (a DecodeCache): its prefill is then already in place.
+        self.adopted = self.shares(cache)
         # Layers that share a mask: equal key counts, and without padding or masked slots no other
         # difference.
         per_layer = attention_mask is not None or layout.masked_slots
@@ -235,7 +267,8 @@ class StaticDecode:
     # -- loading a prefill --------------------------------------------------------------------
 
     def load(self, cache: Any, attention_mask: torch.Tensor | None = None) -> None:
-        """Copy a prefill's keys and values (same layout as the first) into the buffers; reset the steps."""
+        """Take a prefill (same layout as the first) into the buffers, by copying its keys and values
+        unless they are already there (`shares`); reset the steps."""
         layout = self._layout_of(cache)
         if (attention_mask is not None) != self._padded:
             built = "with" if self._padded else "without"
@@ -248,8 +281,10 @@ class StaticDecode:
             for layer, keys, values, n in zip(
                 cache.layers, self.kv.keys, self.kv.values, layout.n_keys, strict=False
             ):
-                keys[:, :, :n].copy_(layer.keys)
-                values[:, :, :n].copy_(layer.values)
+                if not _same_memory(layer.keys, keys):  # a DecodeCache over these buffers: in place
+                    keys[:, :, :n].copy_(layer.keys)
+                if not _same_memory(layer.values, values):
+                    values[:, :, :n].copy_(layer.values)
             self._set_masks(layout, attention_mask)
             if attention_mask is None:
                 self.base_position.fill_(layout.seq_len)
@@ -259,6 +294,18 @@ class StaticDecode:
             self.tokens.zero_()
         self.layout = layout
         self.steps_taken = 0
+
+    def shares(self, cache: Any) -> bool:
+        """Whether `cache`'s layers are views of these buffers (a `DecodeCache` they were adopted from),
+        so `load(cache)` copies nothing."""
+        layers = getattr(cache, "layers", None) or []
+        pairs = list(zip(layers, self.kv.keys, self.kv.values, strict=False))
+        return len(pairs) == len(self.kv.keys) and all(
+            getattr(layer, "keys", None) is not None
+            and _same_memory(layer.keys, keys)
+            and _same_memory(layer.values, values)
+            for layer, keys, values in pairs
+        )
 
     def _layout_of(self, cache: Any) -> DecodeLayout:
         """The layout of `cache`'s prefill, refusing one that does not fit these buffers."""
