@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from decode_helpers import prune_as, reference
 from tiny_qwen import left_padded_batch, llava_prompt
 
 import segprune
@@ -41,22 +42,6 @@ def _inputs(model, batch: int, seed: int = 1):
     if batch == 2:
         assert not inputs["attention_mask"].all(), "batch 2 must hold left padding"
     return inputs
-
-
-def _prune(model, name: str) -> None:
-    segprune.unprune(model)
-    if name != "none":
-        segprune.prune_(model, EXAMPLES[name])
-
-
-@torch.no_grad()
-def reference(model, inputs, steps: int):
-    """`generate()`'s greedy tokens `(batch, steps + 1)` and the logits of its decode steps."""
-    out = model.generate(
-        **inputs, max_new_tokens=steps + 1, do_sample=False, output_logits=True, return_dict_in_generate=True
-    )
-    tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
-    return tokens, torch.stack(out.logits[1:], dim=1)
 
 
 @torch.no_grad()
@@ -96,7 +81,7 @@ def static_steps(decoder: StaticDecode, first: torch.Tensor, steps: int):
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name", CASES)
 def test_static_decode_equals_the_eager_pruned_decode(model, name, batch):
-    _prune(model, name)
+    prune_as(model, name)
     inputs = _inputs(model, batch)
     expected_tokens, expected_logits = reference(model, inputs, STEPS)
     first, cache = prefill(model, inputs)
@@ -120,7 +105,7 @@ def test_static_decode_equals_the_eager_pruned_decode(model, name, batch):
 def test_prefill_into_the_decode_buffers(model, name, batch):
     # The prefill writes its keys and values into a DecodeCache, whose buffers the decoder adopts:
     # one copy of the KV cache, and the same tokens and logits as generate().
-    _prune(model, name)
+    prune_as(model, name)
     inputs = _inputs(model, batch)
     expected_tokens, expected_logits = reference(model, inputs, STEPS)
     _, copied = prefill(model, inputs)  # an ordinary DynamicCache, for its contents
@@ -145,7 +130,7 @@ def test_prefill_into_the_decode_buffers(model, name, batch):
 
 @pytest.mark.parametrize("name", ["none", "pdrop", "csp"])
 def test_decode_cache_reload_copies_nothing(model, name, monkeypatch):
-    _prune(model, name)
+    prune_as(model, name)
     cache = DecodeCache(model, STEPS)
     first, _ = prefill(model, _inputs(model, 1), cache)
     decoder = StaticDecode(model, cache, STEPS)
@@ -188,7 +173,7 @@ def test_decode_cache_bad_arguments(model):
 
 @pytest.mark.parametrize("name", ["none", "pdrop", "csp"])
 def test_run_and_reload_reuse_the_buffers(model, name):
-    _prune(model, name)
+    prune_as(model, name)
     inputs = _inputs(model, 1)
     first, cache = prefill(model, inputs)
     decoder = StaticDecode(model, cache, STEPS)
@@ -214,7 +199,7 @@ def test_masked_slots_of_a_batch_whose_samples_differ(model, name):
     ids = inputs["input_ids"].clone()
     ids[1, ids[1] == model.config.image_token_id] = 7
     inputs = {**inputs, "input_ids": ids, "pixel_values": inputs["pixel_values"][:1]}
-    _prune(model, name)
+    prune_as(model, name)
     try:
         expected_tokens, expected_logits = reference(model, inputs, 8)
     except ValueError as err:
@@ -238,7 +223,7 @@ def test_samples_with_different_image_token_counts(model, name):
     inputs = left_padded_batch(
         [llava_prompt(model, 2, n_text=3, seed=7), llava_prompt(model, 1, n_text=6, seed=8)]
     )
-    _prune(model, name)
+    prune_as(model, name)
     expected_tokens, expected_logits = reference(model, inputs, 6)
     first, cache = prefill(model, inputs)
     assert segprune.stats(model).image_counts.tolist() == [32, 16]
@@ -315,7 +300,7 @@ def test_graphed_decode_on_cuda(model, name, batch):
     from segprune.models import tiny_llava
 
     cuda_model = tiny_llava().to("cuda")
-    _prune(cuda_model, name)
+    prune_as(cuda_model, name)
     inputs = {k: v.to("cuda") for k, v in _inputs(model, batch).items()}
     expected_tokens, expected_logits = reference(cuda_model, inputs, STEPS)
     first, cache = prefill(cuda_model, inputs)
@@ -338,7 +323,7 @@ def test_graphed_decode_into_the_prefills_buffers_on_cuda(model, name, batch):
     from segprune.models import tiny_llava
 
     cuda_model = tiny_llava().to("cuda")
-    _prune(cuda_model, name)
+    prune_as(cuda_model, name)
     inputs = {k: v.to("cuda") for k, v in _inputs(model, batch).items()}
     expected_tokens, expected_logits = reference(cuda_model, inputs, STEPS)
     cache = DecodeCache(cuda_model, STEPS)

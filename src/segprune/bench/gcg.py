@@ -12,8 +12,9 @@ token, the total and the tokens per second over the batch. Kinds of row:
 * **graphed**: the prefill as one CUDA graph (`segprune.GraphedPrefill`) and every decode step as
   one CUDA graph over static per-layer KV buffers (`segprune.patch.static_decode.StaticDecode`);
   the prefill writes its keys and values straight into those buffers (a `DecodeCache`), so the
-  row holds one copy of the KV cache. Without CUDA the same prefill and static-buffer step run
-  eagerly (`mode` says which).
+  row holds one copy of the KV cache. Qwen2.5-VL has no graphed prefill (it reads `image_grid_thw`
+  on the host): its prefill runs eagerly into the `DecodeCache` and only the decode steps are
+  graphed. Without CUDA the same prefill and static-buffer step run eagerly (`mode` says which).
 
 Tables are "batch N" or "max batch": the largest power-of-two batch, up to a cap, that runs the
 whole generation for that row without running out of device memory (found by doubling; on a CPU
@@ -58,7 +59,7 @@ class GCGRow:
     reduction: float | None
     method: str  # "none" when unpruned
     kind: str  # "no-cache", "eager" or "graphed"
-    mode: str  # how the decode ran: "eager", "cuda-graph", "static-eager"
+    mode: str  # how it ran: "eager", "cuda-graph", "eager-prefill+cuda-graph-decode", "static-eager"
     n_avg: float
     new_tokens: int
     ttft_ms: float  # time to first token: prefill + argmax, median over repeats
@@ -173,9 +174,12 @@ class GraphedGeneration:
 
     Built for one batch and prompt layout; each call runs a new generation on inputs of that layout.
     The prefill fills a `DecodeCache` whose buffers the decoder adopts: one copy of the KV cache.
+    A family without a graphed prefill (`Family.graphable`: Qwen2-VL / Qwen2.5-VL) runs its prefill
+    eagerly and graphs the decode steps only (`mode`).
     """
 
     def __init__(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], new_tokens: int) -> None:
+        from segprune.families import family_of
         from segprune.graph import GraphedPrefill
         from segprune.patch.decode_cache import DecodeCache
         from segprune.patch.static_decode import StaticDecode
@@ -183,13 +187,17 @@ class GraphedGeneration:
         self.model = model
         self.new_tokens = new_tokens
         self.cuda = inputs["input_ids"].device.type == "cuda"
+        family = family_of(model)
+        if not family.static_decode:
+            raise TypeError(f"the graphed row needs static decode, which the {family.name!r} family lacks")
+        self.graphed_prefill = self.cuda and family.graphable
         if self.cuda:  # compile what compiles lazily (fused SLIC) outside GraphedPrefill's sync checks
             with torch.no_grad():
                 model(**inputs, use_cache=True, logits_to_keep=1)
         self.cache = DecodeCache(model, new_tokens - 1)
         self.prefill = (
             GraphedPrefill(model, inputs["input_ids"], inputs["pixel_values"], cache=self.cache)
-            if self.cuda
+            if self.graphed_prefill
             else None
         )
         self._prefill(inputs)
@@ -211,7 +219,9 @@ class GraphedGeneration:
 
     @property
     def mode(self) -> str:
-        return "cuda-graph" if self.cuda else "static-eager"
+        if not self.cuda:
+            return "static-eager"
+        return "cuda-graph" if self.graphed_prefill else "eager-prefill+cuda-graph-decode"
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, torch.Tensor], clock: Clock | None = None) -> torch.Tensor:

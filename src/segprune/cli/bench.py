@@ -39,7 +39,8 @@ def add_parser(sub: Any, method: Any = None) -> None:
         default="llava-1.5-7b-336",
         choices=[*sorted(PRESETS), *sorted(QWEN_PRESETS), TINY, TINY_QWEN],
         help="the model (random weights); Qwen2.5-VL presets take only methods that read no vision CLS "
-        "row (fastv, pdrop, altp, csp) and eager prefill (no --graph, --e2e --rows no-cache,eager)",
+        "row (fastv, pdrop, altp, csp) and have no graphed prefill (no --graph): their --e2e graphed "
+        "rows run the prefill eagerly and graph the decode steps",
     )
     p.add_argument(
         "--methods",
@@ -94,7 +95,8 @@ def add_parser(sub: Any, method: Any = None) -> None:
         type=comma_separated(),
         default="no-cache,eager,graphed",
         help="row kinds: no-cache (the whole sequence re-run per token, as LISA and GLaMM), eager "
-        "(cached forward per token), graphed (CUDA graphs over static KV buffers; eager elsewhere)",
+        "(cached forward per token), graphed (CUDA graphs over static KV buffers, the decode steps "
+        "only for Qwen2.5-VL presets; eager elsewhere)",
     )
     e2e.add_argument(
         "--max-batch",
@@ -130,6 +132,13 @@ def run(args: argparse.Namespace, method: Any = None) -> int:
         raise ValueError("--batches max is valid with --e2e only; give integers >= 1")
     if e2e and args.graph:
         raise ValueError("--graph applies to the prefill tables; --e2e has its own graphed rows (--rows)")
+    if args.graph and (args.preset in QWEN_PRESETS or args.preset == TINY_QWEN):
+        valid = [*sorted(PRESETS), TINY]
+        raise ValueError(
+            f"--graph is not valid with --preset {args.preset}: Qwen2.5-VL's prefill reads image_grid_thw "
+            f"on the host, so it has no graphed prefill; valid presets for --graph: {valid} (--e2e "
+            "--rows graphed graphs a Qwen preset's decode steps)"
+        )
     dtype = getattr(torch, args.dtype)
     with fused_grid_slic(args.fused_slic):
         if e2e:

@@ -39,6 +39,8 @@ class Family:
         model_class: the transformers class it patches, for messages ("LlavaModel").
         has_vision_cls: whether the vision tower has a CLS row (VisionZip, PruMerge+, CSP `cls`).
         graphable: whether `segprune.GraphedPrefill` can capture its prefill.
+        static_decode: whether `segprune.patch.static_decode.StaticDecode` runs its decode steps
+            (`decode_start` and `step_positions`), which a CUDA graph can capture.
         image_mean, image_std: the normalisation the family's image processor applies.
     """
 
@@ -47,6 +49,7 @@ class Family:
     model_class: ClassVar[str] = ""
     has_vision_cls: ClassVar[bool] = False
     graphable: ClassVar[bool] = False
+    static_decode: ClassVar[bool] = False
     image_mean: ClassVar[tuple[float, ...]] = (0.0, 0.0, 0.0)
     image_std: ClassVar[tuple[float, ...]] = (1.0, 1.0, 1.0)
 
@@ -170,6 +173,20 @@ class Family:
 
     def rope(self, like: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """`(position_ids, position_embeddings)` as the decoder layers take them."""
+        raise NotImplementedError
+
+    def decode_start(self, seq_len: int, counted: torch.Tensor, continuation: Any) -> torch.Tensor:
+        """`(batch, 1)` position of the first token decoded after a prefill of `seq_len` tokens, as the
+        family's cached decode numbers it (static decode reads it once per prefill, outside the step).
+
+        `counted` `(batch, 1)`: the tokens `generate()` counts before it (the real ones under left
+        padding); `continuation`: the pruned prefill's (`continuation`), None when unpruned."""
+        raise NotImplementedError
+
+    def step_positions(self, start: torch.Tensor) -> torch.Tensor:
+        """Position ids, as `rope` takes them, of decode tokens at positions `start` `(batch, 1)`.
+
+        Runs inside a captured decode step: device ops of static shapes, no host reads."""
         raise NotImplementedError
 
     # -- scoring ----------------------------------------------------------------------------------

@@ -34,6 +34,13 @@ class LlamaDecoder:
     ) -> torch.Tensor:
         return new_seq if position_ids is None else position_ids
 
+    def decode_start(self, seq_len: int, counted: torch.Tensor, continuation: Any) -> torch.Tensor:
+        # 1-D positions count the tokens seen (generate() passes them; real tokens under padding).
+        return counted
+
+    def step_positions(self, start: torch.Tensor) -> torch.Tensor:
+        return start
+
     def rope(self, like: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
         cos, sin = self.language_model.rotary_emb(like, position_ids=position_ids)
         batch = like.shape[0]
@@ -67,6 +74,7 @@ class LlavaFamily(LlamaDecoder, Family):
     model_class = "LlavaModel"
     has_vision_cls = True
     graphable = True
+    static_decode = True
     image_mean = CLIP_MEAN
     image_std = CLIP_STD
 

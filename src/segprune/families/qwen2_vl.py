@@ -4,7 +4,10 @@ Each image becomes `image_grid_thw` patches of 14 px, merged 2x2 into tokens tha
 row-major over its own merged grid; images of different sizes give samples different token counts,
 which the runner lays out in masked slots. Position ids are M-RoPE's `(3, batch, L)` (temporal, height,
 width) from the model's own `get_rope_index`; kept tokens keep all three, and decoding continues
-from the prefill's largest position id (what the model's `rope_deltas` hold).
+from the prefill's largest position id (what the model's `rope_deltas` hold): a generated text token
+has three equal components, its sample's largest prompt position + 1 + its decode step. The prefill
+reads `image_grid_thw` on the host, so `GraphedPrefill` cannot capture it; static decode steps
+(`StaticDecode`) can be captured.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Qwen2VLFamily(LlamaDecoder, Family):
     model_class = "Qwen2VLModel"
     has_vision_cls = False
     graphable = False
+    static_decode = True
     image_mean = CLIP_MEAN  # Qwen2-VL's processor normalises with OpenAI CLIP's mean and std
     image_std = CLIP_STD
 
@@ -143,6 +147,27 @@ class Qwen2VLFamily(LlamaDecoder, Family):
         # The caller's ids are ignored: the model derives them from the cache's length, which a
         # pruned first layer shortens; the prefill's own positions say where decoding continues.
         return (new_seq + continuation)[None].expand(3, -1, -1)
+
+    def decode_start(self, seq_len: int, counted: torch.Tensor, continuation: Any) -> torch.Tensor:
+        if continuation is not None:  # pruned: as the runner's decode, from the prefill's own positions
+            return seq_len + continuation
+        # Unpruned: as the model's own decode, the tokens counted plus the `rope_deltas` its prefill
+        # kept (each sample's largest position + 1 - its real tokens); none kept counts from 0, as
+        # the model does then.
+        deltas = getattr(self.vlm, "rope_deltas", None)
+        if deltas is None:
+            return counted
+        batch = counted.shape[0]
+        if deltas.dim() != 2 or deltas.shape[1] != 1 or batch % deltas.shape[0]:
+            raise ValueError(
+                f"the model's rope_deltas {tuple(deltas.shape)} do not fit a batch of {batch}: valid "
+                f"(n, 1) with n dividing {batch}; run the prefill through the model's forward first"
+            )
+        deltas = deltas.repeat_interleave(batch // deltas.shape[0], dim=0)
+        return counted + deltas.to(device=counted.device, dtype=counted.dtype)
+
+    def step_positions(self, start: torch.Tensor) -> torch.Tensor:
+        return start[None].expand(3, -1, -1)  # a text token: temporal = height = width
 
     def rope(self, like: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor | None, Any]:
         cos, sin = self.language_model.rotary_emb(like, position_ids)

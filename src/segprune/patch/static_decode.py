@@ -16,16 +16,21 @@ runs eagerly, which is how CPU tests check it against the ordinary pruned decode
 What it reads of the prefill (`decode_layout`): each layer's key count from the cache itself; from
 the plan runner's state, when the model is pruned, the tokens seen so far and each layer's
 sequence indices (for padding) and, for plans that renumber positions (PyramidDrop), how many image
-tokens each layer dropped. Position ids continue the unpruned sequence as in the ordinary decode.
+tokens each layer dropped. Position ids continue the prefill's as the ordinary decode does: the
+family says where (`Family.decode_start`, read at `load`: LLaVA counts the tokens seen; Qwen2-VL's
+M-RoPE adds each sample's offset, the pruned prefill's `continuation` or the model's `rope_deltas`)
+and how one step's ids look (`Family.step_positions`: Qwen's three equal components), so the step
+itself only adds its device-side step counter to a per-sample start.
 
 One copy of the KV cache: run the prefill into a `DecodeCache` (`segprune.patch.decode_cache`;
 eagerly, or under `GraphedPrefill(..., cache=)`) and its per-layer buffers already have the room;
 `StaticDecode` then adopts them (`adopted`) instead of allocating its own, and `load` of a prefill
 that went into the same buffers copies nothing. Given any other cache it copies, as above.
 
-Rules: LLaVA-style families (`Family.graphable`), SDPA or eager attention; `load(cache)` takes the
-next prefill of the same layout (same batch and per-layer key counts) into the same buffers, so
-one capture serves many prompts. The model's own cache and the runner's state are not extended:
+Rules: families with `Family.static_decode` (LLaVA, Qwen2-VL / Qwen2.5-VL), SDPA or eager
+attention; `load(cache)` takes the next prefill of the same layout (same batch and per-layer key
+counts) into the same buffers, so one capture serves many prompts (Qwen: each prompt's own M-RoPE
+offsets are read again). The model's own cache and the runner's state are not extended:
 after `run`, `segprune.stats(model)` still describes the prefill.
 """
 
@@ -63,6 +68,8 @@ class DecodeLayout:
             below `seq_len` marking a masked slot (a sample with fewer live tokens than the widest);
             None when every layer holds every token (unpruned).
         masked_slots: whether any layer has masked slots.
+        continuation: the pruned prefill's `continuation` (the family's, for its decode positions);
+            None when unpruned.
     """
 
     batch: int
@@ -71,6 +78,7 @@ class DecodeLayout:
     shifts: tuple[int | tuple[int, ...], ...]
     key_seq: list[torch.Tensor] | None
     masked_slots: bool = False
+    continuation: Any = None
 
 
 def decode_layout(model: nn.Module, cache: Any) -> DecodeLayout:
@@ -101,7 +109,8 @@ def decode_layout(model: nn.Module, cache: Any) -> DecodeLayout:
         raise ValueError(f"the cache holds {n_keys} keys per layer but the prefill's state says {seen}")
     key_seq = list(state.key_seq)
     masked = any(bool((k >= state.seq_len).any()) for k in key_seq)
-    return DecodeLayout(batch, state.seq_len, n_keys, _shifts(state), key_seq, masked)
+    shifts = _shifts(state)
+    return DecodeLayout(batch, state.seq_len, n_keys, shifts, key_seq, masked, state.continuation)
 
 
 def _shifts(state: Any) -> tuple[int | tuple[int, ...], ...]:
@@ -125,7 +134,7 @@ def _shifts(state: Any) -> tuple[int | tuple[int, ...], ...]:
 
 def _family(model: nn.Module) -> Family:
     family = family_of(model)
-    if not family.graphable:
+    if not family.static_decode:
         raise TypeError(f"static decode does not support the {family.name!r} family yet")
     return family
 
@@ -188,7 +197,8 @@ class StaticDecode:
     """Greedy decode steps of `model` (pruned by `segprune.prune_` or not) over static KV buffers.
 
     Args:
-        model: a `LlavaForConditionalGeneration` (or a module holding one) with an LM head.
+        model: a `LlavaForConditionalGeneration`, `Qwen2VLForConditionalGeneration` or
+            `Qwen2_5_VLForConditionalGeneration` (or a module holding one) with an LM head.
         cache: the KV cache its last prefill filled (`output_cache(model, out)`, or a
             `GraphedPrefill` output's `.cache`); a `DecodeCache` lends its buffers (no copy).
         max_steps: decode steps the buffers hold (tokens fed in after the prompt), at least 1 (at
@@ -286,10 +296,18 @@ class StaticDecode:
                 if not _same_memory(layer.values, values):
                     values[:, :, :n].copy_(layer.values)
             self._set_masks(layout, attention_mask)
+            # Where the first new token sits, per sample: the step adds its counter on the device.
             if attention_mask is None:
-                self.base_position.fill_(layout.seq_len)
+                counted = torch.full_like(self.base_position, layout.seq_len)
             else:
-                self.base_position.copy_(attention_mask.sum(dim=1, keepdim=True))
+                counted = attention_mask.to(self.device).sum(dim=1, keepdim=True)
+            start = self.family.decode_start(layout.seq_len, counted, layout.continuation)
+            if tuple(start.shape) != tuple(self.base_position.shape):
+                raise ValueError(
+                    f"the {self.family.name} family's decode start has shape {tuple(start.shape)}; "
+                    f"expected (batch, 1) = {tuple(self.base_position.shape)}"
+                )
+            self.base_position.copy_(start)
             self.step_index.zero_()
             self.tokens.zero_()
         self.layout = layout
@@ -365,8 +383,7 @@ class StaticDecode:
         family, layout = self.family, self.layout
         t = self.step_index
         hidden = family.embed_tokens(self.token)
-        seq = layout.seq_len + t.expand(layout.batch, 1)
-        positions = family.decode_positions(seq, self.base_position + t, None)
+        positions = family.step_positions(self.base_position + t)
         rope = {shift: family.rope(hidden, positions - by) for shift, by in self._shift_by.items()}
         masks = self._masks(t)
         for i, layer in enumerate(self.layers):
