@@ -63,7 +63,7 @@ for name in $STAGES; do
     case $name in
     tests)
         stage tests "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu \
-            tests/patch/test_static_decode.py tests/methods/test_superpixels.py tests/test_graph.py tests/test_bench.py ;;
+            tests/patch/test_static_decode.py tests/patch/test_static_decode_qwen.py tests/methods/test_superpixels.py tests/test_graph.py tests/test_bench.py ;;
     slic)
         stage slic "$PYTHON" benchmarks/fused_slic.py --device "$DEVICE" --batches "$SLIC_BATCHES" \
             --repeats "$SLIC_REPEATS" --out "$WORK/slic.md" ;;
