@@ -111,11 +111,17 @@ class AuxHeads(nn.Module):
         )
 
 
+def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """LISA's dice loss of each `(h, w)` mask (the last two dims): 1 - (2 |p t| + eps) / (|p| + |t| + eps),
+    p = sigmoid."""
+    p = logits.sigmoid().flatten(-2)
+    t = targets.flatten(-2)
+    return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
+
+
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """LISA's dice loss per mask, averaged: 1 - (2 |p t| + eps) / (|p| + |t| + eps), p = sigmoid."""
-    p = logits.sigmoid().flatten(1)
-    t = targets.flatten(1)
-    return (1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
+    """LISA's dice loss per mask (`dice_per_mask`), averaged over the masks."""
+    return dice_per_mask(logits, targets, eps).mean()
 
 
 def point_losses(
@@ -164,9 +170,7 @@ def point_losses(
 def _mask_terms(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE + dice of each mask: `(k, m, h, w)` logits and soft targets -> `(k, m)`."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(-1)
-    p = logits.sigmoid().flatten(2)
-    t = target.flatten(2)
-    return bce + 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+    return bce + dice_per_mask(logits, target)
 
 
 @contextlib.contextmanager
