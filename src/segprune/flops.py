@@ -86,6 +86,14 @@ class ModelDims:
         """The width ``d_kv`` of the k and v projections: ``hidden_size`` here (see `GQADims`)."""
         return self.hidden_size
 
+    def with_kv(self, kv_size: int) -> ModelDims:
+        """These dims with k/v projecting to `kv_size` columns: `self` when that is `hidden_size` (no
+        grouping), else the `GQADims`."""
+        if kv_size == self.hidden_size:
+            return self
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelDims)}
+        return GQADims(**fields, kv_size=kv_size)
+
     @classmethod
     def from_config(cls, config: object, image_tokens: int, grouped_kv: bool = False) -> ModelDims:
         """Read the dimensions from a Hugging Face-style config object (duck-typed).
@@ -116,7 +124,7 @@ class ModelDims:
         kv_heads = getattr(source, "num_key_value_heads", None) or heads
         head_dim = getattr(source, "head_dim", None) or values["hidden_size"] // heads
         kv_size = kv_heads * head_dim
-        return dims if kv_size == dims.hidden_size else GQADims(*dataclasses.astuple(dims), kv_size=kv_size)
+        return dims.with_kv(kv_size)
 
 
 @dataclass(frozen=True)
@@ -149,8 +157,7 @@ class GQADims(ModelDims):
 
 def _preset_dims(p: presets.LlavaPreset | presets.QwenVLPreset) -> ModelDims:
     d = p.decoder
-    dims = ModelDims(d.layers, d.hidden, d.intermediate, p.image_tokens)
-    return dims if d.kv_size == d.hidden else GQADims(*dataclasses.astuple(dims), kv_size=d.kv_size)
+    return ModelDims(d.layers, d.hidden, d.intermediate, p.image_tokens).with_kv(d.kv_size)
 
 
 PRESETS: dict[str, ModelDims] = {

@@ -96,4 +96,13 @@ QWEN_PRESETS: dict[str, QwenVLPreset] = {
     "qwen2.5-vl-7b-448": QwenVLPreset(QWEN25_7B, 448),
     "qwen2.5-vl-7b-672": QwenVLPreset(QWEN25_7B, 672),
 }
-"""Qwen2.5-VL-7B at two image sizes: `segprune flops` presets (`segprune bench` builds LLaVA only)."""
+"""Qwen2.5-VL-7B at two image sizes: `segprune flops` and `segprune bench` presets."""
+
+TINY_QWEN = "tiny-qwen"  # `segprune bench`'s small random Qwen2.5-VL, for CPU runs and tests
+BENCH_PRESETS = [*sorted(PRESETS), *sorted(QWEN_PRESETS), TINY, TINY_QWEN]
+"""Every preset `segprune bench` builds."""
+
+
+def is_qwen(preset: str) -> bool:
+    """Whether `segprune bench` builds `preset` as a Qwen2.5-VL (no vision CLS row, no graphed prefill)."""
+    return preset in QWEN_PRESETS or preset == TINY_QWEN

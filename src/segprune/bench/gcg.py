@@ -191,7 +191,8 @@ class GraphedGeneration:
         if not family.static_decode:
             raise TypeError(f"the graphed row needs static decode, which the {family.name!r} family lacks")
         self.graphed_prefill = self.cuda and family.graphable
-        if self.cuda:  # compile what compiles lazily (fused SLIC) outside GraphedPrefill's sync checks
+        # Compile what compiles lazily (fused SLIC) outside GraphedPrefill's sync checks.
+        if self.graphed_prefill:
             with torch.no_grad():
                 model(**inputs, use_cache=True, logits_to_keep=1)
         self.cache = DecodeCache(model, new_tokens - 1)
@@ -282,7 +283,7 @@ def prepare(model, kind: str, batch: int, new_tokens: int) -> Generator | None:
     """Build and run one generation at `batch`; None when it runs out of CUDA memory."""
     try:
         return Generator(model, kind, batch, new_tokens)
-    except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
         if model.device.type != "cuda" or not _out_of_memory(err):
             raise
     _release()

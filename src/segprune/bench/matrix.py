@@ -125,12 +125,11 @@ def run(
         progress(f"batch {batch} {method} {kind} r={reduction}: prefill {result['prefill_ms']:.2f} ms")
 
     timing = {"repeats": repeats, "warmup": warmup, "decode_tokens": decode_tokens, "graph": graph}
+    configs = method_configs(budget, methods, reductions, n_layers, n_image, progress)
     for batch in batches:
         inputs = bench_inputs(model, batch)
         add(batch, None, "none", "unpruned", measure(model, inputs, None, **timing), None)
-        for reduction, method, config in method_configs(
-            budget, methods, reductions, n_layers, n_image, progress
-        ):
+        for reduction, method, config in configs:
             result = measure(model, inputs, config, **timing)
             add(batch, reduction, method, "method", result, config)
             if not references:

@@ -9,14 +9,17 @@ import torch
 
 from segprune.flops import TEXT_TOKENS
 from segprune.presets import (
+    BENCH_PRESETS,
     CLIP_PATCH,
     CLIP_VIT_L14,
     PRESETS,
     QWEN_PRESETS,
     QWEN_VOCAB,
     TINY,
+    TINY_QWEN,
     QwenVLPreset,
     Transformer,
+    is_qwen,
 )
 
 # Text tokens around the image: the count that reproduces CSP Table 6's TFLOPs (docs/flops.md),
@@ -24,10 +27,6 @@ from segprune.presets import (
 TEXT_BEFORE = 35
 TEXT_AFTER = TEXT_TOKENS["csp"] - TEXT_BEFORE
 
-
-TINY_QWEN = "tiny-qwen"  # `segprune bench`'s small random Qwen2.5-VL, for CPU runs and tests
-BENCH_PRESETS = [*sorted(PRESETS), *sorted(QWEN_PRESETS), TINY, TINY_QWEN]
-"""Every preset `segprune bench` builds."""
 
 # Qwen2.5-VL-7B-Instruct's vision tower (its public config.json). transformers'
 # `Qwen2_5_VLVisionConfig` defaults match it except `hidden_size`, which defaults to 3584.
@@ -70,11 +69,6 @@ TINY_QWEN_SPECIAL = {
     "vision_start_token_id": 253,
     "vision_end_token_id": 254,
 }
-
-
-def is_qwen(preset: str) -> bool:
-    """Whether `segprune bench` builds `preset` as a Qwen2.5-VL (no vision CLS row)."""
-    return preset in QWEN_PRESETS or preset == TINY_QWEN
 
 
 def qwen_config(preset: str) -> Any:
@@ -125,7 +119,7 @@ def llava_config(preset: str) -> Any:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; valid: {BENCH_PRESETS}")
+        raise ValueError(f"unknown preset {preset!r} for a LLaVA config; valid: {sorted(PRESETS)}")
     model = PRESETS[preset]
     tower, decoder = CLIP_VIT_L14, model.decoder
     vision = CLIPVisionConfig(
@@ -164,6 +158,8 @@ def build_model(preset: str, device: str, dtype: torch.dtype, attn: str = "sdpa"
     """Build a preset LLaVA or Qwen2.5-VL with random weights directly on `device` in `dtype`."""
     from transformers import LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
 
+    if preset not in BENCH_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {BENCH_PRESETS}")
     if preset == TINY:
         from segprune.models import tiny_llava
 

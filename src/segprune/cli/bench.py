@@ -15,10 +15,7 @@ import sys
 from typing import Any
 
 from segprune.cli.flags import comma_separated
-from segprune.presets import PRESETS, QWEN_PRESETS, TINY
-
-# segprune.bench.models.TINY_QWEN, named here so that parsing the command line does not import torch.
-TINY_QWEN = "tiny-qwen"
+from segprune.presets import BENCH_PRESETS, PRESETS, TINY, is_qwen
 
 
 def add_parser(sub: Any, method: Any = None) -> None:
@@ -37,7 +34,7 @@ def add_parser(sub: Any, method: Any = None) -> None:
     p.add_argument(
         "--preset",
         default="llava-1.5-7b-336",
-        choices=[*sorted(PRESETS), *sorted(QWEN_PRESETS), TINY, TINY_QWEN],
+        choices=BENCH_PRESETS,
         help="the model (random weights); Qwen2.5-VL presets take only methods that read no vision CLS "
         "row (fastv, pdrop, altp, csp) and have no graphed prefill (no --graph): their --e2e graphed "
         "rows run the prefill eagerly and graph the decode steps",
@@ -132,7 +129,7 @@ def run(args: argparse.Namespace, method: Any = None) -> int:
         raise ValueError("--batches max is valid with --e2e only; give integers >= 1")
     if e2e and args.graph:
         raise ValueError("--graph applies to the prefill tables; --e2e has its own graphed rows (--rows)")
-    if args.graph and (args.preset in QWEN_PRESETS or args.preset == TINY_QWEN):
+    if args.graph and is_qwen(args.preset):
         valid = [*sorted(PRESETS), TINY]
         raise ValueError(
             f"--graph is not valid with --preset {args.preset}: Qwen2.5-VL's prefill reads image_grid_thw "
