@@ -101,7 +101,8 @@ def check_instances(instances: Sequence[str]) -> tuple[str, ...]:
     for choice in instances:
         check_choice("instances", choice, INSTANCE_CHOICES)
     if len(set(instances)) != len(instances):
-        raise ValueError(f"instances={list(instances)} names a choice twice")
+        twice = sorted({c for c in instances if instances.count(c) > 1})
+        raise ValueError(f"instances={list(instances)} names a choice twice ({twice}); give each once")
     return tuple(instances)
 
 
@@ -247,14 +248,28 @@ def run_sweep(
             (out / "sweep.json").write_text(
                 json.dumps({"budget": budget, "cells": [c.to_dict() for c in cells]}, indent=2) + "\n"
             )
-            write_table(out, cells, budget)
-            write_plot(out, cells)
+            summaries = _summaries(out, cells)
+            write_table(out, cells, budget, summaries)
+            write_plot(out, cells, summaries)
     return cells
 
 
 def _summary(out: Path, cell: Cell) -> dict[str, Any] | None:
     path = out / cell.name / "summary.json"
     return json.loads(path.read_text()) if cell.skipped is None and path.exists() else None
+
+
+def _summaries(out: Path, cells: Sequence[Cell]) -> dict[str, dict[str, Any] | None]:
+    """Each cell's summary.json (None where it has none), by the cell's name."""
+    return {cell.name: _summary(out, cell) for cell in cells}
+
+
+def _row_labels(cells: Sequence[Cell], summaries: dict[str, dict[str, Any] | None]) -> dict[str, str]:
+    """`row_label` of every row, from the summaries of all its cells."""
+    by_row: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_row.setdefault(cell.row, []).append(cell)
+    return {row: row_label(group[0], [summaries[c.name] for c in group]) for row, group in by_row.items()}
 
 
 def _pct(value: Any) -> str:
@@ -271,18 +286,20 @@ def row_label(cell: Cell, summaries: Sequence[dict[str, Any] | None] = ()) -> st
     return f"{cell.label}[{INSTANCE_LABELS.get(source, source)}]"
 
 
-def write_table(out: Path, cells: Sequence[Cell], budget: str = "paper") -> Path:
-    """Write table.md: one row per (label, reduction), refseg and GCG columns side by side."""
+def write_table(
+    out: Path,
+    cells: Sequence[Cell],
+    budget: str = "paper",
+    summaries: dict[str, dict[str, Any] | None] | None = None,
+) -> Path:
+    """Write table.md: one row per (label, reduction), refseg and GCG columns side by side.
+    `summaries`: the cells' summaries as `_summaries` reads them (None: read them here)."""
+    summaries = _summaries(out, cells) if summaries is None else summaries
     tasks = list(dict.fromkeys(c.task for c in cells))
     rows: dict[tuple[str, float | None], dict[str, Any]] = {}
-    first_cell: dict[str, Cell] = {}
     for cell in cells:
-        rows.setdefault((cell.row, cell.reduction), {})[cell.task] = _summary(out, cell)
-        first_cell.setdefault(cell.row, cell)
-    labels = {
-        row: row_label(cell, [s for (r, _), by in rows.items() if r == row for s in by.values()])
-        for row, cell in first_cell.items()
-    }
+        rows.setdefault((cell.row, cell.reduction), {})[cell.task] = summaries[cell.name]
+    labels = _row_labels(cells, summaries)
     header = ["method", "reduction", "N_avg", "TFLOPs", f"TFLOPs {SCALED_PRESET}"]
     if "refseg" in tasks:
         header += ["gIoU", "cIoU", "small gIoU", "small cIoU"]
@@ -324,8 +341,11 @@ def write_table(out: Path, cells: Sequence[Cell], budget: str = "paper") -> Path
     return path
 
 
-def write_plot(out: Path, cells: Sequence[Cell]) -> Path:
-    """Write plot.png: gIoU (refseg) and AP50 (gcg) against 7B-336-equivalent TFLOPs, a line per label."""
+def write_plot(
+    out: Path, cells: Sequence[Cell], summaries: dict[str, dict[str, Any] | None] | None = None
+) -> Path:
+    """Write plot.png: gIoU (refseg) and AP50 (gcg) against 7B-336-equivalent TFLOPs, a line per label.
+    `summaries`: as `write_table` takes them."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers
@@ -333,16 +353,14 @@ def write_plot(out: Path, cells: Sequence[Cell]) -> Path:
 
     tasks = list(dict.fromkeys(c.task for c in cells))
     metric = {"refseg": ("all", "giou", "gIoU (%)"), "gcg": (None, "ap50", "AP50 (%)")}
-    by_row: dict[str, list[Cell]] = {}
-    for cell in cells:
-        by_row.setdefault(cell.row, []).append(cell)
-    labels = {row: row_label(group[0], [_summary(out, c) for c in group]) for row, group in by_row.items()}
+    summaries = _summaries(out, cells) if summaries is None else summaries
+    labels = _row_labels(cells, summaries)
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         tag, key, ylabel = metric[task]
         lines: dict[str, list[tuple[float, float]]] = {}
         for cell in cells:
-            summary = _summary(out, cell) if cell.task == task else None
+            summary = summaries[cell.name] if cell.task == task else None
             if summary is None:
                 continue
             acc = summary["accuracy"] if tag is None else summary["accuracy"].get(tag, {})
