@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from superpixels import scenes
 
+from segprune.bench.timing import time_calls
 from segprune.methods.superpixels import grid_slic
 
 GRID, N_REGIONS, COMPACTNESS, SIGMA = (24, 24), 10, 5.0, 1.0
@@ -38,16 +39,8 @@ def call(x: torch.Tensor, fused: bool) -> torch.Tensor:
 
 
 def median_ms(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    """Median wall-clock milliseconds of `repeats` calls (`segprune.bench.timing.time_calls`)."""
+    return statistics.median(time_calls(fn, device, repeats, warmup=0))
 
 
 def kernels(fn) -> int:
