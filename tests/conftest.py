@@ -118,6 +118,18 @@ def inputs(model):
     return tiny_llava_inputs(model, batch=2, prompt_lengths=(5, 8), left_pad=True)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: generations and decode steps are hundreds of tiny ops, and
+    on a busy 2-core machine each hand-off between two threads can wait a whole scheduler slice
+    (50-100x slower, seen here); torchrun workers run one thread too, so single and sharded
+    evaluations compute alike. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def position_ids_of(attention_mask):
     """What generate() passes: positions count real tokens only, so left padding does not shift them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

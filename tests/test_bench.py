@@ -163,16 +163,6 @@ def test_cli_writes_table_and_rejects_bad_values(tmp_path, capsys):
 GCG = {"device": "cpu", "dtype": torch.float32, "repeats": 1, "warmup": 0, "progress": lambda _: None}
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: a generation is hundreds of tiny ops, and on a busy 2-core machine each
-    hand-off between two threads can wait a whole scheduler slice (100x slower, seen here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 FASTV_ROWS = [("fastv", "eager"), ("fastv", "graphed")]
 
 

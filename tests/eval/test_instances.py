@@ -25,12 +25,7 @@ SEG_FIRST = dataclasses.replace(EXAMPLES["csp"], cluster="seg_first")
 DATA = parse_data("shapes:0:2", queries_per_scene=2)  # 4 queries, 2 scenes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_runner.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

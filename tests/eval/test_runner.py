@@ -27,14 +27,7 @@ from segprune.models.load import load_model
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on two shared cores stall on each other (50x slower when the machine is
-    # busy); torchrun workers run one thread too, so single and sharded runs compute alike.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from segprune import METHODS, flops
 from segprune.cli import main
@@ -19,12 +18,7 @@ from segprune.models.load import load_model
 SHAPES = [(32, 576), (8, 576), (4, 16)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_runner.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reachable(method: str, reduction: float, layers: int, n: int) -> bool:

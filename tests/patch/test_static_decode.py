@@ -26,13 +26,8 @@ CASES = ["none", "fastv", "pdrop", "altp", "csp"]
 
 
 @pytest.fixture(autouse=True)
-def _unpruned(model, eager_model):
-    # One intra-op thread: decode steps are tiny ops, and on a busy 2-core machine each hand-off
-    # between two threads can wait a whole scheduler slice.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _unpruned(model, eager_model, one_thread):
     yield
-    torch.set_num_threads(threads)
     segprune.unprune(model)
     segprune.unprune(eager_model)
 

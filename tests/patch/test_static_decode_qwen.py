@@ -40,12 +40,7 @@ def qwen(qwen_model):
     segprune.unprune(qwen_model)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # decode steps are tiny ops; see test_static_decode.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch_inputs(kind: str, seed: int = 1) -> dict[str, torch.Tensor]:
