@@ -22,9 +22,8 @@ from segprune.methods.select import TopK
 torch = lazy_loader.load("torch")  # configs are built where torch is not imported (the CLI's --help)
 
 CLUSTER_MODES = ("seg_first", "uniform", "random", "cls")
-# Where Seg-First's instances come from: what a config may ask for, and what a run records.
+# Where Seg-First's instances come from: what a config may ask for (`instance_source` resolves it).
 INSTANCE_CHOICES = ("auto", "sam", "superpixels", "ground_truth")
-INSTANCE_SOURCES = ("sam", "superpixels", "given", "ground_truth")
 # budget_fields: any split this close to the target counts as a hit, and the paper-like shape decides.
 EXACT = 0.005
 
@@ -58,7 +57,9 @@ TABLE6: dict[str, dict[float, tuple[int, int, int, int]]] = {
 
 
 def instance_source(choice: str, *, has_sam: bool, given: bool) -> str:
-    """Return where Seg-First's instances come from (one of `INSTANCE_SOURCES`), or raise on a conflict.
+    """Return where Seg-First's instances come from, or raise on a conflict.
+
+    One of "sam", "superpixels", "given" (the caller's masks) or "ground_truth".
 
     Args:
         choice: `CSPConfig.instances`, one of `INSTANCE_CHOICES`.

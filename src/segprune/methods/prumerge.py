@@ -63,6 +63,23 @@ def row_quantiles(x: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
     return out
 
 
+def top_by_rank(attention: torch.Tensor, n_top: torch.Tensor) -> torch.Tensor:
+    """Return a `(batch, n)` mask of each sample's `n_top` tokens with the highest CLS attention.
+
+    Ranks come from a stable descending sort, so among equal attentions the lower index ranks first.
+
+    Args:
+        attention: `(batch, n)` CLS attention of each token.
+        n_top: `(batch,)` how many tokens each sample keeps.
+    """
+    batch, n = attention.shape
+    order = torch.sort(attention, dim=1, descending=True, stable=True).indices
+    ranks = torch.arange(n, device=attention.device).expand(batch, n)
+    top = torch.zeros(batch, n, dtype=torch.bool, device=attention.device)
+    top.scatter_(1, order, ranks < n_top[:, None])
+    return top
+
+
 def prumerge_keep(attention: torch.Tensor, count: int, plus: bool) -> torch.Tensor:
     """Return PruMerge's `count` kept tokens per sample as a `(batch, n)` mask.
 
@@ -71,16 +88,12 @@ def prumerge_keep(attention: torch.Tensor, count: int, plus: bool) -> torch.Tens
     other tokens (`spread`), PruMerge+'s spatially uniform sample. Without `plus` the outliers are
     filled up by CLS rank, which is the top `count` by CLS attention.
     """
-    batch, n = attention.shape
-    order = torch.sort(attention, dim=1, descending=True, stable=True).indices
     if plus:
         # Outliers are exactly the top-ranked tokens, so "top n_top by rank" is the outlier set.
         n_top = iqr_outliers(attention).sum(dim=1).clamp(max=count)
     else:
-        n_top = torch.full((batch,), count, device=attention.device)
-    ranks = torch.arange(n, device=attention.device).expand(batch, n)
-    top = torch.zeros(batch, n, dtype=torch.bool, device=attention.device)
-    top.scatter_(1, order, ranks < n_top[:, None])
+        n_top = torch.full((attention.shape[0],), count, device=attention.device)
+    top = top_by_rank(attention, n_top)
     return top | spread(~top, count - n_top)
 
 
@@ -100,15 +113,13 @@ def adaptive_keep(attention: torch.Tensor, plus: bool) -> torch.Tensor:
     """
     batch, n = attention.shape
     n_top = iqr_outliers(attention).sum(dim=1).clamp(min=1)
-    order = torch.sort(attention, dim=1, descending=True, stable=True).indices
-    ranks = torch.arange(n, device=attention.device).expand(batch, n)
-    keep = torch.zeros(batch, n, dtype=torch.bool, device=attention.device)
-    keep.scatter_(1, order, ranks < n_top[:, None])
+    keep = top_by_rank(attention, n_top)
     if not plus:
         return keep
+    index = torch.arange(n, device=attention.device).expand(batch, n)
     # The reference's grid ends at 575 for 576 tokens: index n - 1 is never a grid point.
     stride = (n // n_top) // GRID_DIVISOR
-    grid = (ranks % stride.clamp(min=1)[:, None] == 0) & (ranks < n - 1)
+    grid = (index % stride.clamp(min=1)[:, None] == 0) & (index < n - 1)
     return keep | grid
 
 

@@ -146,22 +146,27 @@ def clip_pixels(images: Sequence[torch.Tensor], size: int, crop: bool = True) ->
     plain resize to the square), scaled to [0, 1] and normalised with CLIP's mean and std."""
     out = []
     for image in images:
-        h, w = image.shape[-2:]
-        if crop:
-            short = min(h, w)
-            # CLIPImageProcessor truncates the long side: int(size * long / short).
-            target = (size, int(size * w / short)) if h <= w else (int(size * h / short), size)
-            resized = resize_uint8(image, target)
-            top = (resized.shape[1] - size) // 2
-            left = (resized.shape[2] - size) // 2
-            resized = resized[:, top : top + size, left : left + size]
-        else:
-            resized = resize_uint8(image, (size, size))
-        out.append(resized)
+        target, top, left = clip_geometry(*image.shape[-2:], size, crop)
+        out.append(resize_uint8(image, target)[:, top : top + size, left : left + size])
     pixels = torch.stack(out).float() / 255.0
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return (pixels - mean) / std
+
+
+def clip_geometry(height: int, width: int, size: int, crop: bool = True) -> tuple[tuple[int, int], int, int]:
+    """`clip_pixels`' geometry for a `height x width` image: `(target, top, left)`.
+
+    The image is resized to `target` (shortest side to `size`, or with `crop=False` the
+    `size x size` square), then the `size x size` square at `(top, left)` is kept (the centre crop;
+    `(0, 0)` without cropping).
+    """
+    if not crop:
+        return (size, size), 0, 0
+    short = min(height, width)
+    # CLIPImageProcessor truncates the long side: int(size * long / short).
+    target = (size, int(size * width / short)) if height <= width else (int(size * height / short), size)
+    return target, (target[0] - size) // 2, (target[1] - size) // 2
 
 
 def longest_side_size(height: int, width: int, target: int) -> tuple[int, int]:

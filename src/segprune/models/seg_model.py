@@ -392,12 +392,12 @@ class SegModel(PreTrainedModel):
     def instance_source(self, given: bool = False) -> str | None:
         """Return where CSP Seg-First's instances come from in `segment` and `ground` now, or None.
 
-        None: the model is not pruned with a Seg-First stage. Otherwise one of
-        `segprune.methods.csp.INSTANCE_SOURCES`, from the config's `instances` (`instance_source`
-        there): "sam" (the default: this model's SAM, everything mode, on the SAM image embedding
-        the masks are decoded from), "superpixels", "given" (masks from `prune_(...,
-        instance_masks=)` or from the call) or "ground_truth". `given`: whether the call passes
-        `instance_masks`. Raises where the config and the masks disagree.
+        None: the model is not pruned with a Seg-First stage. Otherwise, from the config's
+        `instances` (`segprune.methods.csp.instance_source`), one of: "sam" (the default: this
+        model's SAM, everything mode, on the SAM image embedding the masks are decoded from),
+        "superpixels", "given" (masks from `prune_(..., instance_masks=)` or from the call) or
+        "ground_truth". `given`: whether the call passes `instance_masks`. Raises where the config
+        and the masks disagree.
         """
         from segprune.methods.csp import instance_source
         from segprune.patch import instance_detector, pruning_config
@@ -441,11 +441,13 @@ class SegModel(PreTrainedModel):
             masks = self.sam_instance_masks(embeddings, batch["sam"])
         else:
             masks = self._check_instance_masks(instance_masks, batch["sam"].original)
+        from segprune.methods.regions import masks_to_token_ids
+
         tower = [self._tower_frame(m) for m in masks]
         pixels = batch["pixel_values"]
 
         def instances(pixel_values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-            ids = self._token_ids(tower, grid).to(pixel_values.device)
+            ids = masks_to_token_ids(tower, grid).to(pixel_values.device)
             if len(pixel_values) == len(ids):
                 return ids
             # The runner asks one sample at a time where a batch's samples differ: find each by its
@@ -498,11 +500,13 @@ class SegModel(PreTrainedModel):
         token takes the instance covering most of its patch, or -1 where most of it is covered by
         none (`segprune.masks_to_token_ids`). `grid`: the patch grid, by default the tower's.
         """
+        from segprune.methods.regions import masks_to_token_ids
+
         if grid is None:
             vision = self.config.llava_config.vision_config
             grid = (vision.image_size // vision.patch_size,) * 2
         masks = [self._as_masks(m, f"instance_masks[{b}]") for b, m in enumerate(masks)]
-        return self._token_ids([self._tower_frame(m) for m in masks], grid)
+        return masks_to_token_ids([self._tower_frame(m) for m in masks], grid)
 
     @staticmethod
     def _as_masks(masks: Any, name: str) -> torch.Tensor:
@@ -537,42 +541,18 @@ class SegModel(PreTrainedModel):
     def _tower_frame(self, masks: torch.Tensor) -> torch.Tensor:
         """`(K, H, W)` masks at an image's original size -> `(K, S, S)` in the LLaVA tower's frame.
 
-        The geometry of `seg_inputs.clip_pixels` (shortest side to S, centre crop; or a plain resize
-        with `clip_crop=False`); a resized pixel belongs to a mask where it is more than half covered.
+        The geometry of `seg_inputs.clip_pixels` (`seg_inputs.clip_geometry`: shortest side to S,
+        centre crop; or a plain resize with `clip_crop=False`); a resized pixel belongs to a mask
+        where it is more than half covered.
         """
         size = self.config.llava_config.vision_config.image_size
         height, width = masks.shape[-2:]
-        if self.config.clip_crop:
-            short = min(height, width)
-            # CLIPImageProcessor truncates the long side, as clip_pixels does.
-            long = int(size * max(height, width) / short)
-            target = (size, long) if height <= width else (long, size)
-        else:
-            target = (size, size)
+        target, top, left = seg_inputs.clip_geometry(height, width, size, self.config.clip_crop)
         x = masks[:, None].float()
         if x.shape[0] and (height, width) != target:
             x = F.interpolate(x, size=target, mode="bilinear", antialias=True, align_corners=False)
-        top, left = (target[0] - size) // 2, (target[1] - size) // 2
         x = x[..., top : top + size, left : left + size] if x.shape[0] else x.new_zeros(0, 1, size, size)
         return x[:, 0] > 0.5
-
-    @staticmethod
-    def _token_ids(tower: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
-        """`(B, N)` token instance ids from per-image `(K_b, S, S)` masks in the tower's frame.
-
-        `segprune.masks_to_token_ids`' rule (the lower instance wins a pixel; a token takes the label,
-        "none" included, of most of its pixels), with pixel labels painted mask by mask: its argmax over
-        a `(B, K, S, S)` stack took most of a second per batch of 16 on one CPU thread.
-        """
-        from segprune.methods.regions import token_majority
-
-        device = tower[0].device
-        labels = torch.zeros(len(tower), *tower[0].shape[-2:], dtype=torch.long, device=device)
-        for b, masks in enumerate(tower):
-            for k in reversed(range(len(masks))):  # lower instances painted last, so they win
-                labels[b][masks[k].to(device)] = k + 1
-        n_labels = 1 + max(len(m) for m in tower)
-        return token_majority(labels, grid, n_labels) - 1
 
     @torch.no_grad()
     def sam_instance_tokens(
@@ -586,6 +566,7 @@ class SegModel(PreTrainedModel):
         masks are decoded from) and its everything mode; each token takes the instance covering most
         of its patch.
         """
+        from segprune.methods.regions import masks_to_token_ids
         from segprune.pixels import CLIP_MEAN, CLIP_STD
 
         mean = torch.tensor(CLIP_MEAN, device=pixel_values.device).view(1, 3, 1, 1)
@@ -595,7 +576,7 @@ class SegModel(PreTrainedModel):
         sam = seg_inputs.sam_pixels(list(rgb), size)
         embeddings = self.sam.get_image_embeddings(sam.pixels.to(self.device, self.dtype))
         masks = self.sam_instance_masks(embeddings, sam, settings)  # in the tower's frame already
-        return self._token_ids(masks, grid).to(pixel_values.device)
+        return masks_to_token_ids(masks, grid).to(pixel_values.device)
 
     def _seg_id(self) -> int:
         if self.config.seg_token_id is None:

@@ -29,7 +29,7 @@ def prune_(
     config: MethodConfig,
     *,
     seg_token_id: int | None = None,
-    instance_masks: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None,
+    instance_masks: InstanceDetector | None = None,
 ) -> nn.Module:
     """Patch `model` in place so its forward passes run `config`'s token plan; return `model`.
 
