@@ -188,7 +188,11 @@ CASES: dict[str, tuple[list[str], str, Callable[[Path], None] | None]] = {
     "demo-model": ([*DEMO, "--model", "{files}/nope"], "nope", None),
     "demo-model-junk": ([*DEMO, "--model", "{files}/model-junk"], "model-junk", None),
     "bench-batches-zero": ([*BENCH, "--batches", "0"], "batches=0", None),
-    "bench-batches-text": ([*BENCH, "--batches", "one"], "'one'", None),
+    "bench-batches-text": (
+        [*BENCH, "--batches", "one"],
+        "batch 'one' is not valid; valid: integers >= 1",
+        None,
+    ),
     "bench-reductions": ([*BENCH, "--reductions", "1.5"], "reduction=1.5", None),
     "bench-methods-empty": ([*BENCH, "--methods", ""], "''", None),
     "bench-methods-bogus": ([*BENCH, "--methods", "bogus"], "'bogus'", None),

@@ -107,7 +107,14 @@ def add_parser(sub: Any, method: Any = None) -> None:
 
 
 def _batch(text: str) -> int | str:
-    return text if text == "max" else int(text)
+    if text == "max":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"batch {text!r} is not valid; valid: integers >= 1, or 'max' with --e2e"
+        ) from None
 
 
 def run(args: argparse.Namespace, method: Any = None) -> int:
