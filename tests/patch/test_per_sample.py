@@ -16,7 +16,10 @@ from conftest import EXAMPLES
 from segprune.families import family_of
 from segprune.methods.altp import ALTPSelector
 from segprune.methods.counts import keep_count
-from segprune.methods.plan import SelectContext
+from segprune.methods.plan import Keep, SelectContext
+from segprune.methods.select import TopK
+from segprune.patch.samples import select_sample
+from segprune.patch.state import ImagePart, SampleLayout
 
 # Every method the family runs (no CLS row), with its variants, and each one's keep-all.
 CASES = {
@@ -249,3 +252,37 @@ def test_cls_methods_need_one_image_per_prompt(model):
             model(**left_padded_batch(samples))
     finally:
         segprune.unprune(model)
+
+
+def test_a_step_that_chooses_its_own_count_names_the_sample_of_several_images():
+    parts = [ImagePart(0, SelectContext(n_image=4)), ImagePart(4, SelectContext(n_image=2))]
+    step = Keep(layer=1, count=3, select=TopK(), adaptive=True)
+    with pytest.raises(
+        ValueError, match="sample 1 holds 2 images; steps that choose their own count or merge need one"
+    ):
+        select_sample(
+            None,
+            step,
+            torch.rand(1, 6),
+            torch.arange(6)[None],
+            SampleLayout(6, None, parts),
+            None,
+            None,
+            index=1,
+        )
+
+
+@torch.no_grad()
+def test_masked_slots_fix_each_layers_shift_when_the_prefill_ends(qwen):
+    segprune.prune_(qwen, CASES["pdrop-renumber"])
+    qwen(**left_padded_batch([qwen_prompt([BIG], n_text=5, seed=1), qwen_prompt([SMALL], n_text=8, seed=2)]))
+    adapter = segprune.patch._adapter(qwen)
+    state, stats = adapter.state, segprune.stats(qwen)
+    expected = [
+        tuple(n - c for n, c in zip([16, 6], live, strict=True)) for live in stats.live_tokens.tolist()
+    ]
+    assert state.shifts == expected
+    for shift, by in state.shift_by.items():  # made once, (batch, 1) on the model's device
+        assert by.shape == (2, 1) and by[:, 0].tolist() == list(shift)
+    assert set(state.shift_by) == set(expected)
+    assert not hasattr(adapter, "_vision_rows")  # nothing of a prefill's layout outlives it

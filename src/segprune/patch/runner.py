@@ -32,7 +32,7 @@ from segprune.families import Family, take
 from segprune.methods.base import MethodConfig
 from segprune.methods.plan import Keep, SelectContext
 from segprune.methods.scores import attention_row
-from segprune.patch.samples import apply_per_sample, detected_ids, layout_samples
+from segprune.patch.samples import apply_per_sample, detected_ids, layout_samples, seeded_generator
 from segprune.patch.state import SLOT, ForwardState, PruneStats, StaticLayout
 from segprune.patch.transformers_api import TransformersAPI
 
@@ -88,7 +88,6 @@ class PlanRunner:
         self._pending: dict[str, Any] | None = None
         self.vision = family.vision_features(config.vision_layers())
         self._pixels: Any = None  # what the vision tower received, in the family's form
-        self._vision_rows: dict = {}  # a prefill's vision rows, shared by its images' contexts
         self._projector_input: torch.Tensor | None = None
         self._hooks = family.watch(self._on_prompt, self._on_pixels, self._on_features)
         runner = self
@@ -260,6 +259,8 @@ class PlanRunner:
                 if samples is None
                 else torch.cat([embeds, embeds.new_zeros(batch, 1, width)], 1)
             )
+        # `full`'s rows of the live tokens (live_seq, a masked slot's clamped to the spare row).
+        live_rows = seq
         events: dict[int, list[tuple[str, int]]] = {}
         for layer_idx, kind, i in plan.events() if plan else []:
             events.setdefault(layer_idx, []).append((kind, i))
@@ -297,8 +298,7 @@ class PlanRunner:
                         merged = step.merge(take(hidden, image_rows), live_img, new_img, context)
                 else:
                     new_img = torch.arange(n_image, device=device).expand(batch, n_image)
-                rows = live_seq.clamp(max=full.shape[1] - 1)
-                full.scatter_(1, rows[..., None].expand(-1, -1, width), hidden)
+                full.scatter_(1, live_rows[..., None].expand(-1, -1, width), hidden)
                 if merged is not None:
                     kept_rows = image_seq.gather(1, new_img).clamp(max=full.shape[1] - 1)
                     full.scatter_(1, kept_rows[..., None].expand(-1, -1, width), merged.to(full.dtype))
@@ -308,7 +308,8 @@ class PlanRunner:
                     widest = max(length - c + n for c, n in zip(counts, live_n, strict=True))
                     live_seq = live_seq[:, :widest].contiguous()
                     full[:, length] = 0  # the spare row: masked slots restart from zeros
-                hidden = take(full, live_seq.clamp(max=full.shape[1] - 1))
+                live_rows = live_seq.clamp(max=full.shape[1] - 1)
+                hidden = take(full, live_rows)
                 live_pos = family.take_positions(position_ids, live_seq.clamp(max=length - 1))
                 if renumber:
                     dropped = self._dropped_before(
@@ -317,7 +318,7 @@ class PlanRunner:
                     live_pos = live_pos - dropped
                 layer_pos, rope = family.rope(embeds, live_pos)
             if all_hidden is not None:
-                all_hidden.append(self._full_view(full, hidden, live_seq, length))
+                all_hidden.append(self._full_view(full, hidden, live_rows, length))
             mask = self._mask(live_seq, live_seq, valid)
             hidden = self.api.call_layer(
                 layer,
@@ -336,9 +337,9 @@ class PlanRunner:
                 state.kept.append(torch.where(live_img < image_mask.sum(dim=1, keepdim=True), live_img, -1))
                 state.live.append(list(live_n))
         if full is not None:
-            rows = live_seq.clamp(max=full.shape[1] - 1)
-            full.scatter_(1, rows[..., None].expand(-1, -1, width), hidden)
+            full.scatter_(1, live_rows[..., None].expand(-1, -1, width), hidden)
             hidden = full[:, :length]
+        self._set_shifts(state, device)
         family.clear_vision(self.vision)
         self._projector_input = None
         if all_hidden is not None:
@@ -385,8 +386,7 @@ class PlanRunner:
         if self.static is not None:  # seeded by its owner outside graph capture
             generator = self.static.generator
         else:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(int(getattr(self.config, "seed", 0)))
+            generator = seeded_generator(self.config, device)
         return SelectContext(
             n_image=n_image,
             grid=grid,
@@ -410,11 +410,35 @@ class PlanRunner:
         dropped = image_seq.masked_fill(is_live[:, :n_image], SLOT).sort(dim=1).values
         return torch.searchsorted(dropped.contiguous(), live_seq.contiguous())
 
-    def _full_view(self, full, hidden, live_seq, length: int):
+    @staticmethod
+    def _full_view(full, hidden, live_rows, length: int):
+        """Every token's hidden state: `full` with the live tokens' rows (`live_rows`) from `hidden`."""
         if full is None:
             return hidden
-        rows = live_seq.clamp(max=full.shape[1] - 1)
-        return full.scatter(1, rows[..., None].expand(-1, -1, hidden.shape[-1]), hidden)[:, :length]
+        return full.scatter(1, live_rows[..., None].expand(-1, -1, hidden.shape[-1]), hidden)[:, :length]
+
+    @staticmethod
+    def _set_shifts(state: ForwardState, device: torch.device) -> None:
+        """Record, as the prefill ends, each layer's renumbering shift (`ForwardState.shifts`) and
+        each distinct one ready to subtract from decode position ids (`ForwardState.shift_by`).
+
+        A renumbering plan's layer saw as many fewer tokens before the new ones as it had dropped:
+        one count for the batch, or in masked slots each sample's own, read from the host's counts."""
+        plan = state.plan
+        shifts: list[Any]
+        if not (plan and plan.renumber):
+            shifts = [0] * len(state.kept)
+        elif state.image_counts is None:
+            shifts = [plan.n_image - k.shape[1] for k in state.kept]
+        else:  # each sample its own shift: (batch, 1), broadcast over the position ids' sequence
+            shifts = [
+                tuple(n - c for n, c in zip(state.image_counts, live, strict=True)) for live in state.live
+            ]
+        state.shifts = shifts
+        state.shift_by = {
+            shift: torch.tensor(shift, device=device)[:, None] if isinstance(shift, tuple) else shift
+            for shift in dict.fromkeys(shifts)
+        }
 
     def _decode(self, embeds, valid, position_ids, cache, kwargs, output_hidden_states):
         state = self.state
@@ -430,20 +454,9 @@ class PlanRunner:
             valid = None
         elif valid is None:  # masked slots need a mask even where the caller has no padding
             valid = torch.ones(batch, state.seq_len + q_len, dtype=torch.bool, device=embeds.device)
-        # A renumbering plan's layer saw as many fewer tokens before the new ones as it had dropped.
-        plan = state.plan
-        if not (plan and plan.renumber):
-            shifts: list[Any] = [0] * len(state.kept)
-        elif state.image_counts is None:
-            shifts = [plan.n_image - k.shape[1] for k in state.kept]
-        else:  # each sample its own shift: (batch, 1), broadcast over the position ids' sequence
-            shifts = [
-                tuple(n - c for n, c in zip(state.image_counts, live, strict=True)) for live in state.live
-            ]
-        rope = {}
-        for shift in set(shifts):
-            by = torch.tensor(shift, device=embeds.device)[:, None] if isinstance(shift, tuple) else shift
-            rope[shift] = self.family.rope(embeds, position_ids - by)
+        # Each layer's renumbering shift, fixed when the prefill ended (`_set_shifts`).
+        rope = {shift: self.family.rope(embeds, position_ids - by) for shift, by in state.shift_by.items()}
+        shifts = state.shifts
         hidden = embeds
         all_hidden = [] if output_hidden_states else None
         for layer_idx, layer in enumerate(self.layers):

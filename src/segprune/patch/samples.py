@@ -49,7 +49,7 @@ def layout_samples(
         check_same_steps(plan, other)
     images = assign_images(counts, grids) if grids is not None else [[] for _ in counts]
     split = runner.config.needs_pixels
-    runner._vision_rows = {}  # this prefill's, shared by its images' contexts
+    vision_rows: dict = {}  # this prefill's, shared by its images' contexts
     out = []
     for b, n in enumerate(counts):
         sample = SampleLayout(n, plans.get(n))
@@ -63,11 +63,11 @@ def layout_samples(
                 "row (or merge its features) need one image per sample"
             )
         if not images[b] or (several and not split):  # one image set, no one grid
-            sample.parts.append(ImagePart(0, n, part_context(runner, n, None, None, raw, device)))
+            sample.parts.append(ImagePart(0, part_context(runner, n, None, None, raw, device, vision_rows)))
         else:
             for image, grid, offset in images[b]:
-                context = part_context(runner, grid[0] * grid[1], image, grid, raw, device)
-                sample.parts.append(ImagePart(offset, grid[0] * grid[1], context, image))
+                context = part_context(runner, grid[0] * grid[1], image, grid, raw, device, vision_rows)
+                sample.parts.append(ImagePart(offset, context, image))
         out.append(sample)
     return out
 
@@ -119,24 +119,31 @@ def detected_ids(detector, pixel_values, grid, rows: int, n_image: int, device, 
     return ids
 
 
-def part_context(runner: PlanRunner, n_image, image, grid, raw, device) -> SelectContext:
-    """The `SelectContext` of one part of one sample, as if that sample ran alone (batch 1)."""
+def seeded_generator(config: Any, device: torch.device) -> torch.Generator:
+    """A generator on `device` seeded with the method's `seed` (0 without one), for random selectors."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(getattr(config, "seed", 0)))
+    return generator
+
+
+def part_context(runner: PlanRunner, n_image, image, grid, raw, device, vision_rows: dict) -> SelectContext:
+    """The `SelectContext` of one part of one sample, as if that sample ran alone (batch 1).
+
+    `vision_rows`: the prefill's cache of the vision tower's rows, shared by its images' contexts."""
     pixel_values = runner.family.image_pixels(raw, image) if image is not None else None
     instance_masks = None
     if runner.instance_masks is not None and pixel_values is not None:
         instance_masks = detected_ids(
             runner.instance_masks, pixel_values, grid, 1, n_image, device, part=True
         )
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(getattr(runner.config, "seed", 0)))
     vision = None
     if runner.vision is not None and image is not None:
-        vision = _ImageRows(runner.vision, image, runner._vision_rows)
+        vision = _ImageRows(runner.vision, image, vision_rows)
     return SelectContext(
         n_image=n_image,
         grid=grid,
         pixel_values=pixel_values,
-        generator=generator,
+        generator=seeded_generator(runner.config, device),
         vision=vision,
         instance_masks=instance_masks,
     )
@@ -172,6 +179,7 @@ def apply_per_sample(runner: PlanRunner, i, samples, scores, live_img, live_n, l
                 sample,
                 rows,
                 features,
+                index=b,
             )
             kept.append(new[0])
             merged.append(None if m is None else m[0])
@@ -187,8 +195,10 @@ def apply_per_sample(runner: PlanRunner, i, samples, scores, live_img, live_n, l
     return new_img, live_n, out
 
 
-def select_sample(runner: PlanRunner, step: Keep, scores, live, sample: SampleLayout, rows, features):
-    """Run `step` on one sample: `((1, c) kept, (1, c, D) merged or None)`.
+def select_sample(
+    runner: PlanRunner, step: Keep, scores, live, sample: SampleLayout, rows, features, index: int = 0
+):
+    """Run `step` on sample `index` of the batch: `((1, c) kept, (1, c, D) merged or None)`.
 
     A sample in several parts (images a method reads one by one) splits its budget over them in
     proportion to their live tokens, by largest remainder, every part >= 1 where the budget allows."""
@@ -201,11 +211,14 @@ def select_sample(runner: PlanRunner, step: Keep, scores, live, sample: SampleLa
     parts = sample.parts
     if len(parts) > 1:
         if step.adaptive or step.merge is not None:
-            raise ValueError("steps that choose their own count or merge need one image per sample")
+            raise ValueError(
+                f"sample {index} holds {len(parts)} images; steps that choose their own count or merge "
+                "need one image per sample"
+            )
         part_of = torch.bucketize(
             live[0], torch.tensor([p.offset for p in parts[1:]], device=live.device), right=True
         )
-        sizes = torch.stack([(part_of == k).sum() for k in range(len(parts))])[None]
+        sizes = torch.bincount(part_of, minlength=len(parts))[None]
         quotas = allocate(ddc_weights(sizes), sizes, count)[0].tolist()
         kept = []
         for k, (part, quota) in enumerate(zip(parts, quotas, strict=True)):

@@ -109,6 +109,11 @@ class ForwardState:
         continuation: what the model's family keeps to continue position ids while decoding.
         image_counts: per sample N_b when the batch ran in masked slots (else None).
         live: per layer, each sample's live image tokens, when the batch ran in masked slots.
+        shifts: per layer, how far a renumbering plan moves decode tokens' positions down (the image
+            tokens that layer had dropped): an int, or in masked slots a tuple of one int per
+            sample; all 0 when positions are the original ones. Set when the prefill ends.
+        shift_by: each distinct shift as decode subtracts it from position ids: the int, or a
+            `(batch, 1)` device tensor of a per-sample tuple, made once when the prefill ends.
     """
 
     plan: TokenPlan | None
@@ -122,6 +127,8 @@ class ForwardState:
     continuation: object | None = None
     image_counts: list[int] | None = None
     live: list[list[int]] = field(default_factory=list)
+    shifts: list[int | tuple[int, ...]] = field(default_factory=list)
+    shift_by: dict[int | tuple[int, ...], int | torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,13 +137,12 @@ class ImagePart:
 
     Attributes:
         offset: the sample's image-token index of the part's first token.
-        n_image: the part's image tokens (a contiguous run of the sample's).
-        context: the part's `SelectContext` (batch 1): its own grid and pixels when it is one image.
+        context: the part's `SelectContext` (batch 1): its own grid and pixels when it is one image;
+            its `n_image` counts the part's image tokens (a contiguous run of the sample's).
         image: the index of its image in the batch when it is one image (for vision features).
     """
 
     offset: int
-    n_image: int
     context: object
     image: int | None = None
 

@@ -114,22 +114,11 @@ def decode_layout(model: nn.Module, cache: Any) -> DecodeLayout:
 
 
 def _shifts(state: Any) -> tuple[int | tuple[int, ...], ...]:
-    # As the runner's decode: a renumbering plan's layer saw as many fewer tokens before the new
-    # ones as it had dropped, per sample where samples differ (masked slots hold index -1 in `kept`).
-    plan = state.plan
-    if plan is None or not plan.renumber:
-        return (0,) * len(state.kept)
-    counts = getattr(state, "image_counts", None)
-    shifts: list[int | tuple[int, ...]] = []
-    for kept in state.kept:
-        if counts is None and bool((kept >= 0).all()):
-            shifts.append(plan.n_image - kept.shape[1])
-            continue
-        live = (kept >= 0).sum(dim=1).tolist()
-        totals = counts if counts is not None else [plan.n_image] * len(live)
-        per_sample = tuple(int(n) - c for n, c in zip(totals, live, strict=True))
-        shifts.append(per_sample[0] if len(set(per_sample)) == 1 else per_sample)
-    return tuple(shifts)
+    # The shifts the runner's decode uses, fixed when the prefill ended (`ForwardState.shifts`): one
+    # int per layer, or each sample's where samples differ, one int where they all agree.
+    return tuple(
+        shift[0] if isinstance(shift, tuple) and len(set(shift)) == 1 else shift for shift in state.shifts
+    )
 
 
 def _family(model: nn.Module) -> Family:
